@@ -1,0 +1,165 @@
+"""Level assignment on crafted heatmaps: the chain from the sacrum upward must name every
+vertebra right when the top or bottom vertebra is missing or partial, S1 is transitional,
+a level in the middle is missing, or extra vertebrae / false positives are present."""
+
+import numpy as np
+import pytest
+
+from SpineSSLLib import LEVEL_NAMES
+from SpineSSLLib.detect.assign import AssignConfig, assign_levels, find_peaks, label_name
+
+SP = 2.0  # mm per pixel
+H, W = 170, 110
+
+
+def spine_positions(n_above=0, n_below=0, spacing_mm=30.0, top_row=20.0):
+    """(row, col) of T12-n_above ... S1+n_below on a gently lordotic curve, superior first."""
+    names = [label_name(v) for v in range(-n_above, 7 + n_below)]
+    pos = {}
+    for k, name in enumerate(names):
+        row = top_row + k * spacing_mm / SP
+        col = 55 + 8 * np.sin(k / 3.0)
+        pos[name] = (row, col)
+    return pos
+
+
+def gauss(row, col, sigma, amp=1.0):
+    r, c = np.mgrid[0:H, 0:W]
+    return amp * np.exp(-((r - row) ** 2 + (c - col) ** 2) / (2 * sigma**2))
+
+
+def make_maps(pos, centre_amp=None, level_amp=None, crosstalk=0.15, skip_centre=(), extra_level=None):
+    """centre map peaks at every position; level map of name X peaks at X's position with some
+    crosstalk to its neighbours' channels."""
+    centre_amp = centre_amp or {}
+    level_amp = level_amp or {}
+    centre = np.zeros((H, W))
+    levels = np.zeros((7, H, W))
+    for name, (r, c) in pos.items():
+        if name in skip_centre:
+            continue
+        centre = np.maximum(centre, gauss(r, c, 1.6, centre_amp.get(name, 0.9)))
+        if name in LEVEL_NAMES:
+            v = LEVEL_NAMES.index(name)
+            levels[v] = np.maximum(levels[v], gauss(r, c, 5.0, level_amp.get(name, 0.85)))
+            for nb in (v - 1, v + 1):
+                if 0 <= nb < 7:
+                    levels[nb] = np.maximum(levels[nb], gauss(r, c, 5.0, crosstalk))
+    for (name, r, c, amp) in extra_level or []:
+        v = LEVEL_NAMES.index(name)
+        levels[v] = np.maximum(levels[v], gauss(r, c, 5.0, amp))
+    return centre, levels
+
+
+def check(result, pos, expected_names, tol_px=0.25):
+    assert sorted(result.levels) == sorted(expected_names), (result.levels.keys(), result.issues)
+    for name in expected_names:
+        a = result.levels[name]
+        assert abs(a.row - pos[name][0]) < tol_px and abs(a.col - pos[name][1]) < tol_px, name
+
+
+def test_complete_spine_all_levels_confident():
+    pos = spine_positions()
+    res = assign_levels(*make_maps(pos), SP)
+    check(res, pos, LEVEL_NAMES)
+    assert res.issues == []
+    assert all(a.confidence > 0.7 for a in res.levels.values())
+    assert res.spacing_mm == pytest.approx(30.0, rel=0.05)
+
+
+def test_missing_top_vertebra():
+    pos = spine_positions()
+    del pos["T12"]
+    res = assign_levels(*make_maps(pos), SP)
+    check(res, pos, LEVEL_NAMES[1:])
+    assert any(i.startswith("T12: not found") for i in res.issues)
+
+
+def test_missing_bottom_vertebra_labels_from_level_evidence():
+    pos = spine_positions()
+    del pos["S1"]
+    res = assign_levels(*make_maps(pos), SP)
+    check(res, pos, LEVEL_NAMES[:-1])
+    assert any(i.startswith("S1: not found") for i in res.issues)
+
+
+def test_partial_s1_and_t12_at_the_borders():
+    pos = spine_positions(top_row=1.0)  # T12 cut by the top, S1 by the bottom of the image
+    centre, levels = make_maps(pos, centre_amp={"T12": 0.4, "S1": 0.35}, level_amp={"T12": 0.5, "S1": 0.45})
+    last = int(pos["S1"][0]) + 2
+    centre, levels = centre[:last], levels[:, :last]
+    res = assign_levels(centre, levels, SP)
+    assert sorted(res.levels) == sorted(LEVEL_NAMES)
+    assert res.levels["S1"].confidence < res.levels["L3"].confidence
+    assert res.levels["S1"].confidence < 0.5 and any(i.startswith("S1: low confidence") for i in res.issues)
+
+
+def test_transitional_s1_named_by_the_chain_and_flagged():
+    """Lowest vertebra looks lumbar: its S1 evidence is weak and it even resembles L5 more."""
+    pos = spine_positions()
+    centre, levels = make_maps(pos, level_amp={"S1": 0.15}, crosstalk=0.1,
+                               extra_level=[("L5", *pos["S1"], 0.4)])
+    res = assign_levels(centre, levels, SP)
+    check(res, pos, LEVEL_NAMES)
+    s1 = res.levels["S1"]
+    assert s1.evidence < 0.3 and s1.confidence < 0.5
+    assert any(i.startswith("S1: weak level evidence") and "transitional" in i for i in res.issues)
+    assert res.levels["L5"].confidence > 0.7
+
+
+def test_gap_in_the_middle():
+    pos = spine_positions()
+    centre, levels = make_maps(pos, skip_centre=("L3",))
+    res = assign_levels(centre, levels, SP)
+    expected = [n for n in LEVEL_NAMES if n != "L3"]
+    check(res, pos, expected)
+    assert any(i.startswith("L3: not found (gap in the chain)") for i in res.issues)
+
+
+def test_one_vertebra_with_misleading_evidence_is_fixed_by_the_chain():
+    pos = spine_positions()
+    centre, levels = make_maps(pos, level_amp={"L3": 0.35}, extra_level=[("L2", *pos["L3"], 0.6)])
+    res = assign_levels(centre, levels, SP)
+    check(res, pos, LEVEL_NAMES)
+    assert res.levels["L3"].confidence < res.levels["L4"].confidence
+
+
+def test_extra_vertebrae_above_and_below_stay_outside_the_set():
+    pos = spine_positions(n_above=1, n_below=1, top_row=8.0)
+    res = assign_levels(*make_maps(pos), SP)
+    check(res, pos, LEVEL_NAMES)
+    assert sorted(n for n, _ in res.outside) == ["S2", "T11"]
+
+
+def test_off_spine_false_positive_is_dropped():
+    pos = spine_positions()
+    centre, levels = make_maps(pos)
+    r, c = pos["L2"]
+    centre = np.maximum(centre, gauss(r + 5, c + 40, 1.6, 0.5))  # a blob in the back muscles
+    res = assign_levels(centre, levels, SP)
+    check(res, pos, LEVEL_NAMES)
+    assert len(res.dropped) + len(res.outside) == 1
+
+
+def test_nothing_detected():
+    res = assign_levels(np.zeros((H, W)), np.zeros((7, H, W)), SP)
+    assert res.levels == {} and res.issues
+
+
+def test_shape_mismatch_rejected():
+    with pytest.raises(ValueError):
+        assign_levels(np.zeros((H, W)), np.zeros((6, H, W)), SP)
+
+
+def test_find_peaks_subpixel_and_separation():
+    m = np.maximum(gauss(40.3, 50.7, 1.6, 0.9), gauss(44.0, 52.0, 1.6, 0.5))  # weaker one too close
+    m = np.maximum(m, gauss(100.6, 30.2, 1.6, 0.8))
+    peaks = find_peaks(m, 0.2, min_distance_px=7)
+    assert len(peaks) == 2
+    assert abs(peaks[0].row - 40.3) < 0.1 and abs(peaks[0].col - 50.7) < 0.1
+    assert abs(peaks[1].row - 100.6) < 0.1 and abs(peaks[1].col - 30.2) < 0.1
+
+
+def test_config_validation():
+    with pytest.raises(ValueError):
+        AssignConfig(min_separation_mm=0)

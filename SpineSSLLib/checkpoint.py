@@ -1,0 +1,254 @@
+"""Model checkpoints as safetensors + JSON; never pickle.
+
+A checkpoint is a folder::
+
+    checkpoint.json        config, epoch, metrics, code version, file hashes   (written last)
+    model.safetensors      weights (DDP / compile prefixes removed)
+    training.safetensors   optional: optimizer tensors (momentum buffers) and RNG states
+    training.json          optional: optimizer hyper-parameters, scheduler / loop state, RNG
+
+Every file is written atomically; ``checkpoint.json`` is written last and records the SHA-256
+of the other files, so a half-written checkpoint is detected on load (``CheckpointError``).
+Loading reads tensors with ``safetensors`` and metadata with ``json`` only: nothing is
+unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .atomic import atomic_path, write_json
+from .errors import CheckpointError
+
+SCHEMA = "spinessl.checkpoint/1"
+META, WEIGHTS, TRAIN_T, TRAIN_J = "checkpoint.json", "model.safetensors", "training.safetensors", "training.json"
+
+
+def _strip(k: str) -> str:
+    for p in ("module.", "_orig_mod."):
+        while k.startswith(p):
+            k = k[len(p):]
+    return k
+
+
+def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Weights of ``model`` on CPU, with DDP/compile prefixes removed, contiguous and unshared."""
+    out = {}
+    for k, v in model.state_dict().items():
+        out[_strip(k).replace("._orig_mod.", ".")] = v.detach().to("cpu").contiguous().clone()
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> str:
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
+    return _sha256(path)
+
+
+def _load_tensors(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise CheckpointError("file missing", path)
+    try:
+        return load_file(str(path), device=device)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"not a readable safetensors file ({str(e).splitlines()[0][:120]})", path)
+
+
+# --------------------------------------------------------------------------- optimizer / RNG
+
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
+    sd = opt.state_dict()
+    tensors, state_json = {}, {}
+    for idx, st in sd["state"].items():
+        entry = {}
+        for key, val in st.items():
+            if torch.is_tensor(val):
+                tensors[f"optim.{idx}.{key}"] = val.detach().to("cpu").contiguous().clone()
+            else:
+                entry[key] = val
+        state_json[str(idx)] = entry
+    return tensors, {"param_groups": sd["param_groups"], "state": state_json}
+
+
+def _unflatten_optimizer(tensors: dict, js: dict, device) -> dict:
+    state: dict = {}
+    for idx, entry in js["state"].items():
+        state[int(idx)] = dict(entry)
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, idx, key = k.split(".", 2)
+            state.setdefault(int(idx), {})[key] = v.to(device)
+    return {"state": state, "param_groups": js["param_groups"]}
+
+
+def capture_rng() -> tuple[dict, dict]:
+    """RNG states of torch (CPU + CUDA), numpy's legacy global generator and ``random``."""
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    tensors["rng.numpy"] = torch.from_numpy(np.asarray(keys, dtype=np.uint32).astype(np.int64))
+    v, st, g = random.getstate()
+    js = {"numpy": [name, int(pos), int(has_gauss), float(gauss)], "python": [v, list(st), g]}
+    return tensors, js
+
+
+def restore_rng(tensors: dict, js: dict) -> None:
+    if "rng.torch" in tensors:
+        torch.set_rng_state(tensors["rng.torch"].to("cpu", torch.uint8))
+    if torch.cuda.is_available():
+        states = [tensors[f"rng.cuda.{i}"] for i in range(torch.cuda.device_count()) if f"rng.cuda.{i}" in tensors]
+        if len(states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([s.to("cpu", torch.uint8) for s in states])
+    if "rng.numpy" in tensors and "numpy" in js:
+        name, pos, has_gauss, gauss = js["numpy"]
+        np.random.set_state((name, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if "python" in js:
+        v, st, g = js["python"]
+        random.setstate((v, tuple(st), g))
+
+
+# --------------------------------------------------------------------------- save / load
+
+def save_checkpoint(directory, model: nn.Module, config_dict: dict, *, epoch: int | None = None,
+                    metrics: dict | None = None, optimizer: torch.optim.Optimizer | None = None,
+                    train_state: dict | None = None, rng: bool = False, extra: dict | None = None) -> Path:
+    """Write a checkpoint folder.  ``config_dict`` is JSON (e.g. ``{"model": ModelConfig.to_dict(),
+    "num_classes": 7, "in_hw": [224, 224], "task": "pretrain"}``); ``train_state`` is JSON for
+    the training loop (scheduler, best loss, ...); ``rng=True`` stores all RNG states so a resumed
+    run continues exactly.  Returns the folder."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    hashes = {WEIGHTS: _save_tensors(d / WEIGHTS, model_state(model))}
+    if optimizer is not None or train_state is not None or rng:
+        tensors, js = {}, {"train_state": train_state or {}}
+        if optimizer is not None:
+            t, o = _flatten_optimizer(optimizer)
+            tensors.update(t)
+            js["optimizer"] = o
+        if rng:
+            t, r = capture_rng()
+            tensors.update(t)
+            js["rng"] = r
+        hashes[TRAIN_T] = _save_tensors(d / TRAIN_T, tensors)
+        write_json(d / TRAIN_J, js)
+        hashes[TRAIN_J] = _sha256(d / TRAIN_J)
+    else:  # a weights-only checkpoint must not pair with stale training files
+        for name in (TRAIN_T, TRAIN_J):
+            if (d / name).exists():
+                (d / name).unlink()
+    meta = {"schema": SCHEMA, "code_version": __version__, "created_unix": int(time.time()),
+            "config": config_dict, "epoch": epoch, "metrics": metrics or {}, "files": hashes}
+    if extra:
+        meta["extra"] = extra
+    write_json(d / META, meta)
+    return d
+
+
+def read_meta(directory) -> dict:
+    """The ``checkpoint.json`` of a checkpoint folder, validated."""
+    p = Path(directory) / META
+    if not p.is_file():
+        raise CheckpointError(f"not a SpineSSL checkpoint ({META} missing)", directory)
+    try:
+        meta = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"unreadable JSON ({e.msg if hasattr(e, 'msg') else e})", p)
+    if not isinstance(meta, dict) or meta.get("schema") != SCHEMA:
+        raise CheckpointError(f"unknown checkpoint schema {meta.get('schema') if isinstance(meta, dict) else None!r}", p)
+    return meta
+
+
+def _verify(d: Path, meta: dict, name: str) -> None:
+    want = meta.get("files", {}).get(name)
+    if want is None:
+        raise CheckpointError(f"{name} is not part of this checkpoint", d)
+    if not (d / name).is_file():
+        raise CheckpointError("file missing", d / name)
+    if _sha256(d / name) != want:
+        raise CheckpointError("contents do not match checkpoint.json (truncated or replaced)", d / name)
+
+
+def load_weights(directory, device: str = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
+    """``(state_dict, meta)`` of a checkpoint, verified against its recorded hash."""
+    d = Path(directory)
+    meta = read_meta(d)
+    _verify(d, meta, WEIGHTS)
+    return _load_tensors(d / WEIGHTS, device), meta
+
+
+def load_checkpoint(directory, model: nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None,
+                    *, restore_rng_state: bool = False, strict: bool = True, device: str = "cpu") -> dict:
+    """Load a checkpoint into ``model`` (and ``optimizer``; RNG when asked).  Returns the metadata
+    dict with ``train_state`` added when the checkpoint has training state."""
+    d = Path(directory)
+    state, meta = load_weights(d, device)
+    if model is not None:
+        target = model
+        while hasattr(target, "module") and isinstance(target.module, nn.Module):
+            target = target.module
+        target = getattr(target, "_orig_mod", target)
+        own = target.state_dict()
+        bad = [k for k, v in state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
+        if bad:
+            raise CheckpointError(f"weight {bad[0]} has shape {tuple(state[bad[0]].shape)}, the model expects "
+                                  f"{tuple(own[bad[0]].shape)} (made for another preset or input size)", d / WEIGHTS)
+        res = target.load_state_dict(state, strict=False)
+        if strict and (res.missing_keys or res.unexpected_keys):
+            what = res.missing_keys[:3] or res.unexpected_keys[:3]
+            raise CheckpointError(f"weights do not fit this model ({'missing' if res.missing_keys else 'unexpected'}: "
+                                  f"{', '.join(what)})", d / WEIGHTS)
+    if (optimizer is not None or restore_rng_state) and TRAIN_J in meta.get("files", {}):
+        _verify(d, meta, TRAIN_T)
+        _verify(d, meta, TRAIN_J)
+        tensors = _load_tensors(d / TRAIN_T)
+        js = json.loads((d / TRAIN_J).read_text(encoding="utf-8"))
+        meta["train_state"] = js.get("train_state", {})
+        if optimizer is not None:
+            if "optimizer" not in js:
+                raise CheckpointError("no optimizer state in checkpoint", d)
+            dev = next((p.device for g in optimizer.param_groups for p in g["params"]), torch.device("cpu"))
+            try:
+                optimizer.load_state_dict(_unflatten_optimizer(tensors, js["optimizer"], dev))
+            except (ValueError, KeyError) as e:
+                raise CheckpointError(f"optimizer state does not fit ({e})", d / TRAIN_J)
+        if restore_rng_state and "rng" in js:
+            restore_rng(tensors, js["rng"])
+    elif optimizer is not None or restore_rng_state:
+        raise CheckpointError("checkpoint has no training state (cannot resume)", d)
+    return meta
+
+
+def exists(directory) -> bool:
+    return (Path(directory) / META).is_file()
+
+
+def remove(directory) -> None:
+    d = Path(directory)
+    for name in (META, WEIGHTS, TRAIN_T, TRAIN_J):
+        if (d / name).exists():
+            os.unlink(d / name)

@@ -1,0 +1,289 @@
+"""The VGG-M-derived volume network of the paper (§2.4) and its Siamese wrapper.
+
+One definition serves every size: ``ModelConfig`` holds a width multiplier (conv channels),
+the fc6/fc7 widths and an input downscale factor, and the presets ``paper`` (exact sizes) and
+``small`` (CPU demo / CI) are just two configs of the same classes.
+
+Layout (input ``(B, 1, 9, H, W)`` = batch, channel, slices, rows, columns)::
+
+    conv1  3D  96w x (3x7x7)  stride (1,2,2), pad (1,0,0)  ReLU  LRN  max-pool 1x2x2
+    conv2  3D 256w x (3x5x5)  stride (1,2,2), pad (1,1,1)  ReLU  LRN  max-pool 1x2x2
+    conv3  3D 512w x (3x3x3)  pad 1                        ReLU
+    conv4  3D 512w x (9x3x3)  pad (0,1,1)  -> depth 1      ReLU   (collapses the 9 slices)
+    conv5  2D 512w x (3x3)    pad 1                        ReLU  max-pool 2x2
+    fc6 4096  ReLU dropout;  fc7 1024 (the embedding);  ReLU dropout;  fc8 num_classes
+
+``fc6`` is sized from ``in_hw`` (224x224 for vertebral bodies, 112x224 for discs), so the
+trunk (conv1..pool5) is shared between input sizes and transfers between tasks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import CheckpointError, ConfigError
+
+DEPTH = 9
+"""Slices per volume (fixed by the extraction contract; conv4 collapses exactly this depth)."""
+
+PRESETS = {
+    "paper": dict(width=1.0, fc6=4096, fc7=1024, input_scale=1.0),
+    "small": dict(width=0.25, fc6=512, fc7=256, input_scale=0.5),
+}
+
+
+@dataclass
+class ModelConfig:
+    """Sizes of the network.  ``width`` multiplies the conv channel counts (96/256/512/512/512);
+    ``input_scale`` downsamples the input in-plane (area averaging) before conv1."""
+
+    preset: str = "paper"
+    width: float = 1.0
+    fc6: int = 4096
+    fc7: int = 1024
+    input_scale: float = 1.0
+    dropout: float = 0.5
+    lrn: bool = True
+    aux_heads: dict = field(default_factory=dict)
+    """Optional extra heads on fc7, name -> number of classes (e.g. {"sex": 2}); off by default."""
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "ModelConfig":
+        if name not in PRESETS:
+            raise ConfigError(f"unknown model preset {name!r} (choose from {', '.join(PRESETS)})")
+        return cls(preset=name, **{**PRESETS[name], **overrides})
+
+    def __post_init__(self):
+        if not (0 < self.width <= 4):
+            raise ConfigError(f"model width multiplier must be in (0, 4], got {self.width}")
+        if not (0 < self.input_scale <= 1):
+            raise ConfigError(f"model input_scale must be in (0, 1], got {self.input_scale}")
+        if self.fc6 < 1 or self.fc7 < 1:
+            raise ConfigError("model fc6/fc7 sizes must be positive")
+        if not (0 <= self.dropout < 1):
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def channels(self) -> tuple[int, int, int, int, int]:
+        return tuple(max(1, int(round(c * self.width))) for c in (96, 256, 512, 512, 512))
+
+    def net_hw(self, in_hw: tuple[int, int]) -> tuple[int, int]:
+        """In-plane size the convolutions see for an input of ``in_hw``."""
+        return tuple(max(1, int(round(s * self.input_scale))) for s in in_hw)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f"unknown model config keys: {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
+def _conv_out(n: int, k: int, s: int, p: int) -> int:
+    return (n + 2 * p - k) // s + 1
+
+
+def trunk_out_hw(config: ModelConfig, in_hw: tuple[int, int]) -> tuple[int, int]:
+    """Spatial size after pool5 for an input of ``in_hw`` (before the input downscale)."""
+    out = []
+    for n in config.net_hw(in_hw):
+        n = _conv_out(n, 7, 2, 0) // 2
+        n = _conv_out(n, 5, 2, 1) // 2
+        n = n // 2
+        out.append(n)
+    if min(out) < 1:
+        raise ConfigError(f"input {in_hw[0]}x{in_hw[1]} is too small for this network "
+                          f"(input_scale {config.input_scale})")
+    return tuple(out)
+
+
+class Trunk(nn.Module):
+    """conv1 .. conv5 + pool5: ``(B, 1, 9, h, w)`` -> ``(B, C5, h', w')``."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        c1, c2, c3, c4, c5 = config.channels()
+        lrn = (lambda: nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)) if config.lrn else nn.Identity
+        self.conv1 = nn.Conv3d(1, c1, (3, 7, 7), stride=(1, 2, 2), padding=(1, 0, 0))
+        self.norm1 = lrn()
+        self.conv2 = nn.Conv3d(c1, c2, (3, 5, 5), stride=(1, 2, 2), padding=(1, 1, 1))
+        self.norm2 = lrn()
+        self.conv3 = nn.Conv3d(c2, c3, (3, 3, 3), padding=1)
+        self.conv4 = nn.Conv3d(c3, c4, (DEPTH, 3, 3), padding=(0, 1, 1))
+        self.conv5 = nn.Conv2d(c4, c5, 3, padding=1)
+        self.out_channels = c5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool3d(self.norm1(F.relu(self.conv1(x))), (1, 2, 2))
+        x = F.max_pool3d(self.norm2(F.relu(self.conv2(x))), (1, 2, 2))
+        x = F.relu(self.conv3(x))
+        x = F.relu(self.conv4(x))          # depth 9 -> 1
+        x = x.squeeze(2)
+        x = F.relu(self.conv5(x))
+        return F.max_pool2d(x, 2)
+
+
+class VGGMNet(nn.Module):
+    """Volume classifier/embedder.  ``forward(x) -> (embedding fc7, logits fc8)``.
+
+    ``x`` is ``(B, 1, 9, H, W)`` with ``(H, W) == in_hw``; an input already downscaled to
+    ``config.net_hw(in_hw)`` is also accepted (the data pipeline may cache it that way).
+    """
+
+    def __init__(self, config: ModelConfig, num_classes: int, in_hw: tuple[int, int] = (224, 224)):
+        super().__init__()
+        if num_classes < 1:
+            raise ConfigError("num_classes must be >= 1")
+        self.config, self.num_classes, self.in_hw = config, int(num_classes), tuple(in_hw)
+        self.net_hw = config.net_hw(self.in_hw)
+        self.trunk = Trunk(config)
+        oh, ow = trunk_out_hw(config, self.in_hw)
+        self.fc6 = nn.Linear(self.trunk.out_channels * oh * ow, config.fc6)
+        self.fc7 = nn.Linear(config.fc6, config.fc7)
+        self.fc8 = nn.Linear(config.fc7, self.num_classes)
+        self.drop = nn.Dropout(config.dropout)
+        self.aux = nn.ModuleDict({k: nn.Linear(config.fc7, int(n)) for k, n in config.aux_heads.items()})
+
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 5 or x.shape[1] != 1 or x.shape[2] != DEPTH:
+            raise ValueError(f"expected input (B, 1, {DEPTH}, H, W), got {tuple(x.shape)}")
+        hw = tuple(x.shape[-2:])
+        if hw == self.net_hw:
+            return x
+        if hw != self.in_hw:
+            raise ValueError(f"expected in-plane size {self.in_hw} or {self.net_hw}, got {hw}")
+        return F.adaptive_avg_pool3d(x, (DEPTH, *self.net_hw))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.trunk(self.prepare_input(x)).flatten(1)
+        return self.fc7(self.drop(F.relu(self.fc6(f))))
+
+    def classify(self, emb: torch.Tensor) -> torch.Tensor:
+        return self.fc8(self.drop(F.relu(emb)))
+
+    def aux_logits(self, emb: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.drop(F.relu(emb))
+        return {k: head(h) for k, head in self.aux.items()}
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        emb = self.embed(x)
+        return emb, self.classify(emb)
+
+
+class SiameseNet(nn.Module):
+    """Two branches, one shared ``VGGMNet``: both inputs go through a single forward call.
+
+    ``forward(a, b) -> (emb_a, emb_b, logits_a, logits_b)``.
+    """
+
+    def __init__(self, net: VGGMNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor):
+        n = a.shape[0]
+        emb, logits = self.net(torch.cat([a, b], 0))
+        return emb[:n], emb[n:], logits[:n], logits[n:]
+
+
+def trunk_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The convolutional weights (conv1..conv5) of a VGGMNet / SiameseNet / DDP wrapper, keyed
+    relative to the trunk (``conv1.weight`` ...), detached on CPU."""
+    trunk = unwrap(model).trunk
+    return {k: v.detach().cpu().clone() for k, v in trunk.state_dict().items()}
+
+
+def load_trunk(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy trunk weights (from ``trunk_state_dict`` or a full checkpoint's ``trunk.*`` /
+    ``net.trunk.*`` keys) into ``model``; shapes must match (same preset)."""
+    trunk = unwrap(model).trunk
+    own = trunk.state_dict()
+    picked = {}
+    for k, v in state.items():
+        for prefix in ("", "trunk.", "net.trunk.", "module.net.trunk.", "module.trunk."):
+            if k.startswith(prefix) and k[len(prefix):] in own:
+                picked[k[len(prefix):]] = v
+                break
+    missing = sorted(set(own) - set(picked))
+    if missing:
+        raise CheckpointError(f"trunk weights missing: {', '.join(missing)}")
+    for k, v in picked.items():
+        if tuple(v.shape) != tuple(own[k].shape):
+            raise CheckpointError(f"trunk weight {k} has shape {tuple(v.shape)}, the model expects "
+                                  f"{tuple(own[k].shape)} (checkpoint made for another preset?)")
+    trunk.load_state_dict(picked)
+
+
+def unwrap(model: nn.Module) -> VGGMNet:
+    """The VGGMNet inside a DDP / SiameseNet / compiled wrapper."""
+    while True:
+        if isinstance(model, VGGMNet):
+            return model
+        for attr in ("module", "net", "_orig_mod"):
+            if hasattr(model, attr) and isinstance(getattr(model, attr), nn.Module):
+                model = getattr(model, attr)
+                break
+        else:
+            raise TypeError(f"no VGGMNet inside {type(model).__name__}")
+
+
+def to_channels_last(model: nn.Module) -> nn.Module:
+    """Channels-last memory format for every conv weight (3D convs: channels_last_3d)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv3d):
+            m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last_3d)
+        elif isinstance(m, nn.Conv2d):
+            m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: VGGMNet, in_hw: tuple[int, int] | None = None) -> int:
+    """Multiply-accumulates of one forward pass of one volume (convs + linear layers), measured
+    with forward hooks on a meta-device copy (no memory, no compute)."""
+    in_hw = tuple(in_hw or model.in_hw)
+    with torch.device("meta"):
+        m = VGGMNet(model.config, model.num_classes, in_hw)
+    m.eval()
+    total = [0]
+
+    def hook(mod, inp, out):
+        if isinstance(mod, (nn.Conv2d, nn.Conv3d)):
+            k = 1
+            for s in mod.kernel_size:
+                k *= s
+            total[0] += out[0].numel() * (mod.in_channels // mod.groups) * k
+        elif isinstance(mod, nn.Linear):
+            total[0] += mod.in_features * mod.out_features
+
+    hs = [mod.register_forward_hook(hook) for mod in m.modules()
+          if isinstance(mod, (nn.Conv2d, nn.Conv3d, nn.Linear)) and not _is_aux(m, mod)]
+    m(torch.zeros((1, 1, DEPTH, *in_hw), device="meta"))
+    for h in hs:
+        h.remove()
+    return total[0]
+
+
+def _is_aux(m: VGGMNet, mod: nn.Module) -> bool:
+    return any(mod is h for h in m.aux.values())
+
+
+def describe(config: ModelConfig, num_classes: int = 7, in_hw=(224, 224)) -> dict:
+    """Parameters and FLOPs (2 x MACs) per volume of a config at an input size."""
+    with torch.device("meta"):
+        m = VGGMNet(config, num_classes, in_hw)
+    macs = count_macs(m, in_hw)
+    return {"preset": config.preset, "in_hw": list(in_hw), "net_hw": list(m.net_hw),
+            "parameters": count_parameters(m), "trunk_parameters": count_parameters(m.trunk),
+            "macs_per_volume": macs, "gflops_per_volume": 2 * macs / 1e9}

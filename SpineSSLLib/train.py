@@ -1,0 +1,434 @@
+"""The shared, task-agnostic training loop (pretraining and grading both use it).
+
+``fit(model, loss_fn, train_loader, val_loader, config, out_dir, checkpoint_config=...)``:
+
+- SGD with momentum / weight decay; the learning rate is divided by 10 (``lr_factor``) when the
+  validation loss has not improved for ``patience`` epochs; after ``max_lr_drops`` reductions the
+  next plateau stops training (the paper's "lowered as the validation error plateaus, which is
+  also our stopping criterion"); ``max_epochs`` caps it.
+- Device: CUDA when present (``device="auto"``), with bf16 autocast (fp16 + GradScaler where bf16
+  is unsupported) and channels-last memory format; CPU in fp32 otherwise.
+- Multi-GPU / multi-node: launch the same command with ``torchrun``; ``fit`` sees ``WORLD_SIZE``,
+  initialises the process group, wraps the model in DistributedDataParallel and averages the
+  logged metrics over ranks; only rank 0 writes logs and checkpoints.  Loaders must give each
+  rank its share (``make_loader`` does it with a DistributedSampler; ``data.PairSampler`` splits
+  its pairs by rank itself).
+- ``out_dir/log.csv`` (one row per epoch), ``out_dir/last/`` (full state for ``resume=True``,
+  written every epoch), ``out_dir/best/`` (weights of the best validation epoch), optional
+  TensorBoard events in ``out_dir/tensorboard``.
+
+``loss_fn(model, batch, train: bool) -> (loss, {name: float-or-tensor})`` does the task's forward
+pass on a batch already moved to the device; ``augment(batch) -> batch`` (training only) runs
+on the device too, so augmentation happens on the GPU when training on the GPU.  ``set_epoch``
+is called on the loaders' samplers / batch samplers each epoch when they have it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from . import checkpoint as ckpt
+from .atomic import write_csv, write_json
+from .errors import CheckpointError, ConfigError
+from .progress import Progress
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-5
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 32
+    max_epochs: int = 500
+    min_epochs: int = 0
+    patience: int = 10
+    """Epochs without a validation-loss improvement before the learning rate is lowered."""
+    lr_factor: float = 0.1
+    max_lr_drops: int = 2
+    """Reductions allowed; the plateau after the last one stops training."""
+    min_delta: float = 1e-4
+    """Relative improvement of the validation loss that counts as progress."""
+    amp: str = "auto"
+    """auto (bf16 on CUDA, fp16 where bf16 is unsupported, off on CPU) | bf16 | fp16 | off"""
+    channels_last: bool = True
+    """Channels-last memory format on CUDA (ignored on CPU)."""
+    device: str = "auto"
+    num_workers: int = 2
+    seed: int = 0
+    grad_clip: float = 0.0
+    tensorboard: bool = False
+    checkpoint_every: int = 1
+
+    def __post_init__(self):
+        if self.lr <= 0 or self.batch_size < 1 or self.max_epochs < 1:
+            raise ConfigError("lr, batch_size and max_epochs must be positive")
+        if not (0 < self.lr_factor < 1):
+            raise ConfigError(f"lr_factor must be in (0, 1), got {self.lr_factor}")
+        if self.amp not in ("auto", "bf16", "fp16", "off"):
+            raise ConfigError(f"amp must be auto, bf16, fp16 or off, got {self.amp!r}")
+        if self.patience < 1 or self.max_lr_drops < 0:
+            raise ConfigError("patience must be >= 1 and max_lr_drops >= 0")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f"unknown training config keys: {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
+# --------------------------------------------------------------------------- device / distributed
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+
+def dist_info() -> DistInfo:
+    """Rank / world size from the ``torchrun`` environment (1 process when not launched so)."""
+    return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                    int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def setup_distributed() -> DistInfo:
+    info = dist_info()
+    if info.enabled:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            if torch.cuda.is_available():
+                torch.cuda.set_device(info.local_rank)
+            dist.init_process_group(backend=backend)
+    return info
+
+
+def select_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", dist_info().local_rank if dist_info().enabled else torch.cuda.current_device())
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device cuda requested but no CUDA GPU is available")
+    return dev
+
+
+def amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for this config on this device (None = full fp32)."""
+    if device.type != "cuda" or config.amp == "off":
+        return None
+    if config.amp == "fp16":
+        return torch.float16
+    if config.amp == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
+    """Move tensors in (nested) dict/list/tuple batches to ``device`` (non-blocking from pinned
+    memory); 5-D float tensors go channels-last-3d when asked."""
+    if torch.is_tensor(batch):
+        t = batch.to(device, non_blocking=True)
+        if channels_last and t.dim() == 5 and t.is_floating_point():
+            t = t.contiguous(memory_format=torch.channels_last_3d)
+        return t
+    if isinstance(batch, dict):
+        return {k: to_device(v, device, channels_last) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device, channels_last) for v in batch)
+    return batch
+
+
+def make_loader(dataset, batch_size: int, *, shuffle: bool, num_workers: int = 0, drop_last: bool = False,
+                seed: int = 0, collate_fn=None, device: torch.device | None = None):
+    """A DataLoader that splits the data across ranks under torchrun (DistributedSampler), with
+    worker processes, pinned memory on CUDA and persistent workers."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    info = dist_info()
+    sampler = None
+    if info.enabled:
+        sampler = DistributedSampler(dataset, num_replicas=info.world, rank=info.rank, shuffle=shuffle,
+                                     seed=seed, drop_last=drop_last)
+        shuffle = False
+    pin = bool(device is not None and device.type == "cuda")
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=num_workers,
+                      drop_last=drop_last, collate_fn=collate_fn, pin_memory=pin,
+                      persistent_workers=num_workers > 0)
+
+
+def _set_epoch(loader, epoch: int) -> None:
+    for obj in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
+        if obj is not None and hasattr(obj, "set_epoch"):
+            obj.set_epoch(epoch)
+
+
+# --------------------------------------------------------------------------- plateau schedule
+
+@dataclass
+class Plateau:
+    """Learning-rate schedule state (JSON-serialisable, saved in checkpoints)."""
+
+    best: float = math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    drops: int = 0
+    stop: bool = False
+
+    def step(self, value: float, epoch: int, cfg: TrainConfig) -> tuple[bool, bool]:
+        """Record an epoch's validation loss; returns (improved, lower_lr_now)."""
+        improved = value < self.best - cfg.min_delta * abs(self.best) if math.isfinite(self.best) else math.isfinite(value)
+        if improved:
+            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
+            return True, False
+        self.bad_epochs += 1
+        if self.bad_epochs < cfg.patience or epoch + 1 < cfg.min_epochs:
+            return False, False
+        if self.drops < cfg.max_lr_drops:
+            self.drops += 1
+            self.bad_epochs = 0
+            return False, True
+        self.stop = True
+        return False, False
+
+
+# --------------------------------------------------------------------------- the loop
+
+def _mean(sums: dict, counts: dict, info: DistInfo, device) -> dict:
+    keys = sorted(sums)
+    if info.enabled:
+        import torch.distributed as dist
+
+        t = torch.tensor([sums[k] for k in keys] + [counts[k] for k in keys], dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        vals = t.tolist()
+        sums = dict(zip(keys, vals[:len(keys)]))
+        counts = dict(zip(keys, vals[len(keys):]))
+    return {k: sums[k] / counts[k] for k in keys if counts[k] > 0}
+
+
+def run_epoch(model, loss_fn, loader, device, *, train: bool, optimizer=None, scaler=None,
+              dtype=None, channels_last=False, augment=None, grad_clip=0.0, desc="", info=None) -> dict:
+    """One pass over ``loader``; returns batch-averaged metrics (``loss`` plus the loss_fn's)."""
+    info = info or dist_info()
+    model.train(train)
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    total = len(loader) if hasattr(loader, "__len__") else None
+    with Progress(total if info.is_main else None, desc, unit="batch") as bar:
+        for batch in loader:
+            batch = to_device(batch, device, channels_last)
+            if train and augment is not None:
+                with torch.no_grad():
+                    batch = augment(batch)
+            amp = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+            with torch.set_grad_enabled(train), amp:
+                loss, metrics = loss_fn(model, batch, train)
+            if train:
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    if grad_clip:
+                        scaler.unscale_(optimizer)
+                        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    if grad_clip:
+                        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                    optimizer.step()
+            vals = {"loss": loss.detach()}
+            vals.update(metrics or {})
+            for k, v in vals.items():
+                v = float(v.detach().float().item()) if torch.is_tensor(v) else float(v)
+                if math.isfinite(v):
+                    sums[k] = sums.get(k, 0.0) + v
+                    counts[k] = counts.get(k, 0.0) + 1
+            if info.is_main:
+                bar.update(1)
+                bar.set_postfix(loss=f"{sums.get('loss', 0) / max(counts.get('loss', 1), 1):.4g}")
+    if not math.isfinite(sums.get("loss", 0.0)) or ("loss" not in counts and total):
+        raise FloatingPointError("training loss is not finite (lower the learning rate?)")
+    return _mean(sums, counts, info, device)
+
+
+@dataclass
+class FitResult:
+    epochs_run: int
+    last_epoch: int
+    best_epoch: int
+    best_val_loss: float
+    stop_reason: str
+    history: list
+
+
+def fit(model: nn.Module, loss_fn: Callable, train_loader, val_loader, config: TrainConfig, out_dir,
+        *, checkpoint_config: dict, resume: bool = False, augment: Callable | None = None,
+        device: torch.device | None = None, on_epoch_end: Callable | None = None) -> FitResult:
+    """Train ``model`` (see the module docstring).  ``checkpoint_config`` (JSON) is stored in every
+    checkpoint, e.g. ``{"task": "pretrain", "model": ModelConfig.to_dict(), "num_classes": 7,
+    "in_hw": [224, 224]}``; ``on_epoch_end(epoch, row)`` may add entries to the log row."""
+    out = Path(out_dir)
+    info = setup_distributed()
+    device = device or select_device(config.device)
+    dtype = amp_dtype(config, device)
+    channels_last = config.channels_last and device.type == "cuda"
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(config.seed)
+    model.to(device)
+    if channels_last:
+        from .models import to_channels_last
+
+        to_channels_last(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    plateau = Plateau()
+    history: list[dict] = []
+    start = 0
+    last_dir, best_dir, log_path = out / "last", out / "best", out / "log.csv"
+    if resume:
+        if not ckpt.exists(last_dir):
+            raise CheckpointError("nothing to resume (no checkpoint in last/)", out)
+        meta = ckpt.load_checkpoint(last_dir, model, optimizer, restore_rng_state=True, device="cpu")
+        st = meta.get("train_state", {})
+        plateau = Plateau(**st.get("plateau", {}))
+        start = int(meta["epoch"]) + 1
+        if scaler is not None and st.get("scaler"):
+            scaler.load_state_dict(st["scaler"])
+        if log_path.is_file():
+            with open(log_path, newline="") as f:
+                history = [r for r in csv.DictReader(f) if int(r["epoch"]) < start]
+        if info.is_main:
+            print(f"resuming at epoch {start} (lr {optimizer.param_groups[0]['lr']:.3g})", flush=True)
+
+    train_model = model
+    if info.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    writer = None
+    if config.tensorboard and info.is_main:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ConfigError("--tensorboard needs the 'tensorboard' package (pip install tensorboard)")
+        writer = SummaryWriter(str(out / "tensorboard"))
+
+    stop_reason = "max_epochs"
+    epoch = start - 1
+    try:
+        for epoch in range(start, config.max_epochs):
+            if plateau.stop:
+                stop_reason = "plateau"
+                break
+            t0 = time.time()
+            _set_epoch(train_loader, epoch)
+            lr = optimizer.param_groups[0]["lr"]
+            tr = run_epoch(train_model, loss_fn, train_loader, device, train=True, optimizer=optimizer,
+                           scaler=scaler, dtype=dtype, channels_last=channels_last, augment=augment,
+                           grad_clip=config.grad_clip, desc=f"epoch {epoch + 1}/{config.max_epochs}", info=info)
+            if val_loader is not None:
+                _set_epoch(val_loader, 0)
+                va = run_epoch(train_model, loss_fn, val_loader, device, train=False, dtype=dtype,
+                               channels_last=channels_last, desc="validation", info=info)
+            else:
+                va = {}
+            monitor = va.get("loss", tr["loss"])
+            improved, drop = plateau.step(monitor, epoch, config)
+            if drop:
+                for g in optimizer.param_groups:
+                    g["lr"] *= config.lr_factor
+            row = {"epoch": epoch, "lr": lr, "time_s": round(time.time() - t0, 3)}
+            row.update({f"train_{k}": v for k, v in tr.items()})
+            row.update({f"val_{k}": v for k, v in va.items()})
+            if on_epoch_end is not None:
+                row.update(on_epoch_end(epoch, row) or {})
+            history.append(row)
+            if info.is_main:
+                write_csv(log_path, history, _fieldnames(history))
+                if writer is not None:
+                    for k, v in row.items():
+                        if k != "epoch":
+                            writer.add_scalar(k, float(v), epoch)
+                    writer.flush()
+                metrics = {k: v for k, v in row.items() if k != "epoch"}
+                if improved:
+                    ckpt.save_checkpoint(best_dir, model, checkpoint_config, epoch=epoch, metrics=metrics)
+                if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.max_epochs or plateau.stop:
+                    st = {"plateau": dataclasses.asdict(plateau), "train_config": config.to_dict()}
+                    if scaler is not None:
+                        st["scaler"] = scaler.state_dict()
+                    ckpt.save_checkpoint(last_dir, model, checkpoint_config, epoch=epoch, metrics=metrics,
+                                         optimizer=optimizer, train_state=st, rng=True)
+            if plateau.stop:
+                stop_reason = "plateau"
+                break
+    finally:
+        if writer is not None:
+            writer.close()
+    if info.is_main:
+        write_json(out / "fit.json", {"stop_reason": stop_reason, "last_epoch": epoch,
+                                      "best_epoch": plateau.best_epoch, "best_val_loss": plateau.best,
+                                      "lr_drops": plateau.drops, "train_config": config.to_dict(),
+                                      "device": str(device), "amp": str(dtype).replace("torch.", "") if dtype else "off",
+                                      "world_size": info.world})
+    return FitResult(epochs_run=epoch + 1 - start, last_epoch=epoch, best_epoch=plateau.best_epoch,
+                     best_val_loss=plateau.best, stop_reason=stop_reason, history=history)
+
+
+def _fieldnames(history: list[dict]) -> list[str]:
+    names: list[str] = []
+    for r in history:
+        for k in r:
+            if k not in names:
+                names.append(k)
+    return names
+
+
+def load_config_file(path) -> dict:
+    """A JSON config file ``{"train": {...}, "model": {...}, "data": {...}}`` (any part optional)."""
+    p = Path(path)
+    try:
+        d = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError("config file not found", p)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file is not valid JSON ({e})", p)
+    if not isinstance(d, dict):
+        raise ConfigError("config file must hold a JSON object", p)
+    return d

@@ -1,0 +1,97 @@
+"""Network shapes for both presets and both input sizes, sizes/FLOPs, Siamese weight sharing."""
+
+import pytest
+import torch
+
+from SpineSSLLib import models as M
+from SpineSSLLib.errors import ConfigError
+
+torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("preset", ["paper", "small"])
+@pytest.mark.parametrize("hw", [(224, 224), (112, 224)])
+def test_shapes_meta(preset, hw):
+    """Every preset x input size gives (B, fc7) embeddings and (B, classes) logits."""
+    cfg = M.ModelConfig.preset(preset)
+    with torch.device("meta"):
+        net = M.VGGMNet(cfg, 7, hw)
+        emb, logits = net(torch.empty(3, 1, 9, *hw))
+    assert emb.shape == (3, cfg.fc7) and logits.shape == (3, 7)
+
+
+def test_paper_sizes_match_hand_count():
+    cfg = M.ModelConfig.preset("paper")
+    assert cfg.channels() == (96, 256, 512, 512, 512) and cfg.fc7 == 1024 and cfg.fc6 == 4096
+    assert M.trunk_out_hw(cfg, (224, 224)) == (6, 6)     # 224 -conv1-> 109 -pool-> 54 -conv2-> 26 -> 13 -> 6
+    assert M.trunk_out_hw(cfg, (112, 224)) == (3, 6)
+    d = M.describe(cfg, 7, (224, 224))
+    conv = [(1, 96, 3 * 7 * 7), (96, 256, 3 * 5 * 5), (256, 512, 27), (512, 512, 81), (512, 512, 9)]
+    trunk = sum(i * o * k + o for i, o, k in conv)
+    fc = (512 * 36 * 4096 + 4096) + (4096 * 1024 + 1024) + (1024 * 7 + 7)
+    assert d["trunk_parameters"] == trunk and d["parameters"] == trunk + fc
+    # MACs by hand: output voxels x (in_channels x kernel volume)
+    macs = (9 * 109 * 109 * 96 * 147 + 9 * 26 * 26 * 256 * 96 * 75 + 9 * 13 * 13 * 512 * 256 * 27
+            + 13 * 13 * 512 * 512 * 81 + 13 * 13 * 512 * 512 * 9 + 512 * 36 * 4096 + 4096 * 1024 + 1024 * 7)
+    assert d["macs_per_volume"] == macs
+
+
+def test_small_preset_real_forward_both_sizes():
+    torch.manual_seed(0)
+    cfg = M.ModelConfig.preset("small")
+    for hw in [(224, 224), (112, 224)]:
+        net = M.VGGMNet(cfg, 7, hw).eval()
+        x = torch.randn(2, 1, 9, *hw)
+        emb, logits = net(x)
+        assert emb.shape == (2, 256) and logits.shape == (2, 7) and torch.isfinite(emb).all()
+        # a pre-downscaled input (what the cache may hold) gives the same result
+        small = torch.nn.functional.adaptive_avg_pool3d(x, (9, *cfg.net_hw(hw)))
+        assert torch.allclose(net(small)[0], emb, atol=1e-5)
+    with pytest.raises(ValueError, match="expected input"):
+        net(torch.randn(2, 1, 8, 112, 224))
+
+
+def test_presets_share_one_definition_and_validate():
+    small, paper = M.ModelConfig.preset("small"), M.ModelConfig.preset("paper")
+    assert type(M.VGGMNet(small, 7).trunk) is M.Trunk
+    assert M.describe(small)["gflops_per_volume"] < M.describe(paper)["gflops_per_volume"] / 30
+    assert M.ModelConfig.from_dict(small.to_dict()) == small
+    with pytest.raises(ConfigError):
+        M.ModelConfig.preset("huge")
+    with pytest.raises(ConfigError):
+        M.ModelConfig.from_dict({"widht": 1})
+    with pytest.raises(ConfigError, match="too small"):
+        M.VGGMNet(small, 7, (32, 32))
+
+
+def test_siamese_shares_weights_in_one_call():
+    torch.manual_seed(0)
+    net = M.VGGMNet(M.ModelConfig.preset("small", width=0.125, fc6=64, fc7=32), 7).eval()
+    siam = M.SiameseNet(net)
+    calls = []
+    net.register_forward_hook(lambda *a: calls.append(1))
+    a, b = torch.randn(2, 1, 9, 224, 224), torch.randn(2, 1, 9, 224, 224)
+    ea, eb, la, lb = siam(a, b)
+    assert len(calls) == 1                      # both branches in a single forward call
+    assert len(list(siam.parameters())) == len(list(net.parameters()))
+    assert torch.allclose(ea, net(a)[0], atol=1e-5) and torch.allclose(eb, net(b)[0], atol=1e-5)
+    assert M.unwrap(siam) is net
+
+
+def test_aux_heads_optional():
+    cfg = M.ModelConfig.preset("small", width=0.125, fc6=64, fc7=32, aux_heads={"sex": 2, "age_bin": 5})
+    net = M.VGGMNet(cfg, 7).eval()
+    emb, _ = net(torch.randn(1, 1, 9, 224, 224))
+    out = net.aux_logits(emb)
+    assert out["sex"].shape == (1, 2) and out["age_bin"].shape == (1, 5)
+    assert len(M.VGGMNet(M.ModelConfig.preset("small"), 7).aux) == 0
+
+
+def test_channels_last_keeps_results():
+    torch.manual_seed(0)
+    net = M.VGGMNet(M.ModelConfig.preset("small", width=0.125, fc6=64, fc7=32), 7).eval()
+    x = torch.randn(1, 1, 9, 224, 224)
+    ref = net(x)[0]
+    M.to_channels_last(net)
+    assert net.trunk.conv1.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert torch.allclose(net(x.contiguous(memory_format=torch.channels_last_3d))[0], ref, atol=1e-4)

@@ -327,3 +327,334 @@ def tta_views(x, cfg: TTAConfig):
             yield v
             if cfg.flip:
                 yield torch.flip(v, dims=(1,))
+
+
+# --------------------------------------------------------------------------------------------
+# The grading model and its transfer modes
+# --------------------------------------------------------------------------------------------
+
+IVD_HW = (112, 224)
+
+
+def pretrained_model_config(checkpoint_dir: str | os.PathLike):
+    """The ``ModelConfig`` a pretraining (or grading) checkpoint was made with."""
+    from . import checkpoint as ckpt
+    from .errors import CheckpointError
+    from .models import ModelConfig
+
+    meta = ckpt.read_meta(checkpoint_dir)
+    cfg = (meta.get("config") or {}).get("model")
+    if not isinstance(cfg, dict):
+        raise CheckpointError("checkpoint has no model config", checkpoint_dir)
+    return ModelConfig.from_dict(cfg)
+
+
+def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
+    """A checkpoint folder, or a training output folder holding ``best/`` (preferred) or ``last/``."""
+    from . import checkpoint as ckpt
+    from .errors import CheckpointError
+
+    p = Path(path)
+    if ckpt.exists(p):
+        return p
+    for sub in ("best", "last"):
+        if ckpt.exists(p / sub):
+            return p / sub
+    raise CheckpointError("not a SpineSSL checkpoint folder (no checkpoint.json here or in best/, last/)", p)
+
+
+def build_grading_model(model_config, num_classes: int, mode: str, pretrained: str | os.PathLike | None = None,
+                        seed: int = 0):
+    """The classification CNN of the paper's Fig. 7 for ``mode`` (see the module docstring).
+
+    The fully-connected layers (fc6..fc8) are always new and random (seeded by ``seed``); for the
+    pretrained modes the conv trunk is copied from ``pretrained``; for the frozen modes the trunk
+    parameters get ``requires_grad=False`` so the optimiser never changes them.
+    """
+    import torch
+
+    from . import checkpoint as ckpt
+    from .models import VGGMNet, load_trunk
+
+    if mode not in MODES:
+        raise ConfigError(f"unknown grading mode {mode!r} (choose from {', '.join(MODES)})")
+    if mode in PRETRAINED_MODES and pretrained is None:
+        raise ConfigError(f"mode {mode} needs a pretrained checkpoint (--pretrained)")
+    if mode not in PRETRAINED_MODES and pretrained is not None:
+        raise ConfigError(f"mode {mode} starts from random weights; do not pass --pretrained")
+    if pretrained is not None:
+        pretrained = resolve_checkpoint_dir(pretrained)
+        model_config = pretrained_model_config(pretrained)
+    g = torch.random.fork_rng(devices=[])
+    with g:
+        torch.manual_seed(seed)
+        model = VGGMNet(model_config, num_classes, IVD_HW)
+    if pretrained is not None:
+        state, _ = ckpt.load_weights(pretrained)
+        load_trunk(model, state)
+    if mode in FROZEN_MODES:
+        for p in model.trunk.parameters():
+            p.requires_grad_(False)
+    return model
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Class-balanced weights (inverse frequency, mean 1 over the classes present); a class
+    absent from training gets weight 0."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / max(1, (counts > 0).sum()), 0.0)
+    return w
+
+
+@dataclass
+class GradeTrainConfig:
+    """Everything ``train_grading`` needs besides the data."""
+
+    mode: str = "ssl-frozen"
+    model_preset: str = "paper"
+    """Used for scratch / frozen-random; the pretrained modes take the checkpoint's config."""
+    model_overrides: dict = field(default_factory=dict)
+    """ModelConfig fields overriding the preset (scratch / frozen-random only), e.g. {"width": 0.125}."""
+    pretrained: str | None = None
+    seed: int = 0
+    augment: bool = True
+    class_balanced: bool = True
+    lr: float = 1e-3
+    batch_size: int = 128
+    max_epochs: int = 2000
+    patience: int = 10
+    max_lr_drops: int = 2
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    device: str = "auto"
+    amp: str = "auto"
+    num_workers: int = 0
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ConfigError(f"unknown grading mode {self.mode!r} (choose from {', '.join(MODES)})")
+
+    def train_config(self):
+        from .train import TrainConfig
+
+        return TrainConfig(lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
+                           batch_size=self.batch_size, max_epochs=self.max_epochs, patience=self.patience,
+                           max_lr_drops=self.max_lr_drops, amp=self.amp, device=self.device,
+                           num_workers=self.num_workers, seed=self.seed)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class IVDDataset:
+    """In-memory (volume, label) pairs: volumes float16 (N, 9, 112, 224), labels int64 (N,).
+
+    Items are ``(x, y)`` with ``x`` float32 ``(1, 9, H, W)``."""
+
+    def __init__(self, volumes: np.ndarray, labels: np.ndarray):
+        import torch
+
+        self.x = torch.from_numpy(np.ascontiguousarray(volumes))
+        self.y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def __getitem__(self, i):
+        return self.x[i].float().unsqueeze(0), self.y[i]
+
+
+def _loss_fn(weights):
+    import torch
+    import torch.nn.functional as F
+
+    def loss_fn(model, batch, train):
+        x, y = batch
+        _, logits = model(x)
+        w = weights.to(logits.device) if weights is not None else None
+        loss = F.cross_entropy(logits.float(), y, weight=w)
+        acc = (logits.argmax(1) == y).float().mean()
+        return loss, {"acc": acc}
+
+    return loss_fn
+
+
+def _augmenter(enabled: bool):
+    """The classification augmentation (the pretraining augmentations of ``data``, applied to
+    each volume independently: no pair coupling of the slice flip)."""
+    if not enabled:
+        return None
+    from . import data
+
+    aug = data.make_volume_augmenter() if hasattr(data, "make_volume_augmenter") else None
+    if aug is None:
+        return None
+
+    def augment(batch):
+        x, y = batch
+        return aug(x), y
+
+    return augment
+
+
+def downscale(volumes: np.ndarray, net_hw: tuple[int, int], batch: int = 64) -> np.ndarray:
+    """Area-downscale (N, 9, 112, 224) volumes to the network's working size exactly as
+    ``VGGMNet.prepare_input`` does, so caches hold what the convolutions see (float16)."""
+    import torch
+    import torch.nn.functional as F
+
+    if tuple(volumes.shape[-2:]) == tuple(net_hw):
+        return volumes
+    out = np.empty((volumes.shape[0], volumes.shape[1], *net_hw), dtype=np.float16)
+    for i in range(0, volumes.shape[0], batch):
+        x = torch.from_numpy(volumes[i:i + batch].astype(np.float32)).unsqueeze(1)
+        out[i:i + batch] = F.adaptive_avg_pool3d(x, (volumes.shape[1], *net_hw)).squeeze(1).numpy()
+    return out
+
+
+def predict_proba(model, volumes, tta: TTAConfig | None = None, batch_size: int = 32, device=None) -> np.ndarray:
+    """Class probabilities (N, C) for volumes (N, 9, H, W) (numpy or tensor), averaged over the
+    TTA views (softmax of each view, then the mean).  Shifts are given in 112×224 pixels and
+    scaled to the input's size."""
+    import torch
+
+    tta = tta or TTAConfig.none()
+    if device is None:
+        device = next(model.parameters()).device
+    model.eval()
+    x_all = torch.as_tensor(volumes)
+    scale = x_all.shape[-2] / IVD_HW[0]
+    cfg = TTAConfig(shifts=tuple((round(a * scale), round(b * scale)) for a, b in tta.shifts),
+                    slice_offsets=tta.slice_offsets, flip=tta.flip)
+    out = []
+    with torch.inference_mode():
+        for i in range(0, x_all.shape[0], batch_size):
+            x = x_all[i:i + batch_size].to(device=device, dtype=torch.float32)
+            acc = None
+            for v in tta_views(x, cfg):
+                p = torch.softmax(model(v.unsqueeze(1))[1].float(), dim=1)
+                acc = p if acc is None else acc + p
+            out.append((acc / cfg.n_views).cpu().numpy())
+    n_cls = getattr(model, "num_classes", 0)
+    return np.concatenate(out) if out else np.zeros((0, n_cls), dtype=np.float32)
+
+
+def _subset(records: Sequence[IVDRecord], subjects: Iterable[str]) -> list[IVDRecord]:
+    keep = set(subjects)
+    return [r for r in records if r.subject_key in keep and r.grade]
+
+
+def train_grading(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: GradeTrainConfig, *,
+                  splits: GradingSplits | None = None, train_subjects: Sequence[str] | None = None,
+                  pretrain_splits: str | os.PathLike | None = None, class_names: Sequence[str] | None = None,
+                  resume: bool = False, eval_tta: TTAConfig | None = None, data_cache: dict | None = None) -> dict:
+    """Train a grading model on a cohort's graded IVD volumes and evaluate it on the test split.
+
+    Writes to ``out_dir``: ``splits.json``, the training loop's ``log.csv`` / ``last/`` /
+    ``best/`` (the grading model), ``test_metrics.json``, ``test_predictions.csv`` and
+    ``confusion.png``.  Returns the test metrics dict.  ``train_subjects`` restricts training to
+    a subset of ``splits.train`` (the learning-curve experiment); ``data_cache`` (a dict the
+    caller keeps) lets repeated runs on one cohort share the loaded volumes.
+    """
+    import torch
+
+    from . import checkpoint as ckpt
+    from .atomic import write_csv, write_json
+    from .metrics import classification_report, save_confusion_png
+    from .models import ModelConfig
+    from .train import fit, make_loader, select_device
+
+    out = Path(out_dir)
+    records = read_ivd_table(cohort_dir)
+    class_names = list(class_names) if class_names else class_names_from(records)
+    cls_index = {c: i for i, c in enumerate(class_names)}
+    if splits is None:
+        pre = read_pretrain_splits(pretrain_splits) if pretrain_splits else {}
+        splits = make_grading_splits(records, pre, seed=0)
+    write_json(out / "splits.json", splits.to_dict())
+    if train_subjects is None:
+        train_subjects = splits.train
+    elif not set(train_subjects) <= set(splits.train):
+        raise ConfigError("training subjects must come from the training split")
+    parts = {"train": _subset(records, train_subjects), "val": _subset(records, splits.val),
+             "test": _subset(records, splits.test)}
+    for name in ("train", "val"):
+        if not parts[name]:
+            raise ManifestError(f"no graded discs in the {name} split", Path(cohort_dir) / "volumes.csv")
+    unknown = {r.grade for p in parts.values() for r in p} - set(cls_index)
+    if unknown:
+        raise ManifestError(f"grades {sorted(unknown)} not among the model's classes {class_names}")
+
+    pretrained = resolve_checkpoint_dir(cfg.pretrained) if cfg.pretrained else None
+    mcfg = (pretrained_model_config(pretrained) if pretrained
+            else ModelConfig.preset(cfg.model_preset, **cfg.model_overrides))
+    model = build_grading_model(mcfg, len(class_names), cfg.mode, pretrained, seed=cfg.seed)
+    net_hw = tuple(model.net_hw)
+
+    cache = data_cache if data_cache is not None else {}
+
+    def arrays(recs):
+        key = (str(Path(cohort_dir).resolve()), net_hw)
+        store = cache.setdefault(key, {})
+        missing = [r for r in recs if r.volume_id not in store]
+        if missing:
+            vols = downscale(load_ivd_arrays(cohort_dir, missing), net_hw)
+            for r, v in zip(missing, vols):
+                store[r.volume_id] = v
+        if not recs:
+            return np.zeros((0, IVD_SHAPE[0], *net_hw), np.float16)
+        return np.stack([store[r.volume_id] for r in recs])
+
+    labels = {k: np.array([cls_index[r.grade] for r in v], dtype=np.int64) for k, v in parts.items()}
+    tcfg = cfg.train_config()
+    device = select_device(tcfg.device)
+    ds_train = IVDDataset(arrays(parts["train"]), labels["train"])
+    ds_val = IVDDataset(arrays(parts["val"]), labels["val"])
+    train_loader = make_loader(ds_train, tcfg.batch_size, shuffle=True, num_workers=tcfg.num_workers,
+                               seed=cfg.seed, device=device)
+    val_loader = make_loader(ds_val, tcfg.batch_size, shuffle=False, num_workers=tcfg.num_workers, device=device)
+    w = torch.tensor(class_weights(labels["train"], len(class_names)), dtype=torch.float32) if cfg.class_balanced else None
+    ck_config = {"task": "grade", "model": mcfg.to_dict(), "num_classes": len(class_names), "in_hw": list(IVD_HW),
+                 "class_names": class_names, "mode": cfg.mode, "grade_config": cfg.to_dict(),
+                 "pretrained": None if pretrained is None else _checkpoint_fingerprint(pretrained)}
+    resume = resume and ckpt.exists(out / "last")
+    res = fit(model, _loss_fn(w), train_loader, val_loader, tcfg, out, checkpoint_config=ck_config,
+              resume=resume, augment=_augmenter(cfg.augment), device=device)
+    best = out / "best" if ckpt.exists(out / "best") else out / "last"
+    ckpt.load_checkpoint(best, model)
+    model.to(device)
+
+    result = {"mode": cfg.mode, "seed": cfg.seed, "class_names": class_names,
+              "n_train_subjects": len(set(train_subjects)),
+              "n_train_scans": len({r.scan_key for r in parts["train"]}),
+              "n_train_discs": len(parts["train"]), "n_val_discs": len(parts["val"]),
+              "n_test_subjects": len(splits.test), "n_test_discs": len(parts["test"]),
+              "epochs": res.last_epoch + 1, "best_epoch": res.best_epoch, "stop_reason": res.stop_reason,
+              "device": str(device)}
+    if parts["test"]:
+        x_test = arrays(parts["test"])
+        prob = predict_proba(model, x_test, TTAConfig.none(), device=device)
+        rep = classification_report(labels["test"], prob.argmax(1), class_names=class_names)
+        result["test"] = rep.to_dict()
+        if eval_tta is not None and eval_tta.n_views > 1:
+            prob_tta = predict_proba(model, x_test, eval_tta, device=device)
+            result["test_tta"] = classification_report(labels["test"], prob_tta.argmax(1),
+                                                       class_names=class_names).to_dict()
+        rows = [{"volume_id": r.volume_id, "scan_key": r.scan_key, "level": r.level, "grade": r.grade,
+                 "predicted": class_names[int(k)], **{f"p_{c}": round(float(p[i]), 5) for i, c in enumerate(class_names)}}
+                for r, k, p in zip(parts["test"], prob.argmax(1), prob)]
+        write_csv(out / "test_predictions.csv", rows)
+        save_confusion_png(out / "confusion.png", rep.confusion, class_names,
+                           title=f"{cfg.mode}: average class accuracy {rep.average_class_accuracy:.3f} "
+                                 f"(n={rep.n} discs)")
+    write_json(out / "test_metrics.json", result)
+    return result
+
+
+def _checkpoint_fingerprint(d: Path) -> dict:
+    """What a grading checkpoint records about its pretrained source (no absolute paths)."""
+    from . import checkpoint as ckpt
+
+    meta = ckpt.read_meta(d)
+    return {"task": (meta.get("config") or {}).get("task"), "epoch": meta.get("epoch"),
+            "weights_sha256": meta.get("files", {}).get("model.safetensors")}

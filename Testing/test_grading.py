@@ -1,0 +1,126 @@
+"""Grading model: transfer modes, training through the shared loop, evaluation outputs."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from SpineSSLLib import checkpoint as ckpt
+from SpineSSLLib import grading
+from SpineSSLLib.errors import ConfigError
+from SpineSSLLib.models import ModelConfig, VGGMNet, trunk_state_dict
+
+TINY = dict(width=0.0625, fc6=32, fc7=16, input_scale=0.5)  # same network definition, tiny widths
+
+
+def tiny_config():
+    return ModelConfig.preset("small", **TINY)
+
+
+@pytest.fixture(scope="module")
+def pretrained_dir(tmp_path_factory):
+    """A pretraining-style checkpoint: a VB (224x224) level classifier with non-default weights."""
+    d = tmp_path_factory.mktemp("pre") / "best"
+    torch.manual_seed(123)
+    net = VGGMNet(tiny_config(), 7, (224, 224))
+    with torch.no_grad():
+        for p in net.trunk.parameters():
+            p.add_(0.01)
+    ckpt.save_checkpoint(d, net, {"task": "pretrain", "model": net.config.to_dict(), "num_classes": 7,
+                                  "in_hw": [224, 224]}, epoch=3)
+    return d
+
+
+def _write_cohort(root, n_subjects=24, seed=0):
+    """A cohort folder in the extraction contract (volumes.csv + volumes/<scan>.npz) whose disc
+    appearance depends on the grade: the nucleus darkens and the disc thins as the grade rises."""
+    rng = np.random.default_rng(seed)
+    (root / "volumes").mkdir(parents=True)
+    rows = []
+    yy, xx = np.mgrid[0:112, 0:224]
+    for s in range(n_subjects):
+        n_scans = 1 if s % 3 else 2
+        for t in range(n_scans):
+            key = f"scan{s:02d}{t}"
+            ivd = np.zeros((6, 9, 112, 224), np.float16)
+            grades = rng.integers(1, 5, 6)
+            for d in range(6):
+                g = int(grades[d])
+                half_h = 22 - 3 * g
+                disc = (np.abs(yy - 56) < half_h) & (np.abs(xx - 112) < 80)
+                nucleus = (np.abs(yy - 56) < half_h - 3) & (np.abs(xx - 112) < 40)
+                img = np.full((112, 224), 0.5, np.float32)
+                img[disc] = 0.3
+                img[nucleus] = 1.2 - 0.25 * g
+                img += rng.normal(0, 0.05, img.shape).astype(np.float32)
+                ivd[d] = img[None]
+                rows.append({"volume_id": f"{key}_IVD{d}", "scan_key": key, "subject_key": f"subj{s:02d}",
+                             "family": f"fam{s:02d}", "timepoint": t, "interval_days": 0, "field_strength": 1.5,
+                             "level": f"d{d}", "kind": "IVD", "grade": str(g) if d else "",
+                             "file": f"volumes/{key}.npz", "index": d})
+            np.savez_compressed(root / "volumes" / f"{key}.npz", ivd=ivd, ivd_present=np.ones(6, bool))
+    with open(root / "volumes.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return root
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    return _write_cohort(tmp_path_factory.mktemp("cohort"))
+
+
+def test_modes_initialise_as_documented(pretrained_dir):
+    pre = VGGMNet(tiny_config(), 7, (224, 224))
+    ckpt.load_checkpoint(pretrained_dir, pre)
+    pre_trunk = trunk_state_dict(pre)
+    for mode in grading.MODES:
+        p = pretrained_dir if mode in grading.PRETRAINED_MODES else None
+        m = grading.build_grading_model(tiny_config(), 4, mode, p, seed=0)
+        assert m.num_classes == 4 and m.in_hw == (112, 224)
+        trunk = trunk_state_dict(m)
+        same = all(torch.equal(trunk[k], pre_trunk[k]) for k in pre_trunk)
+        assert same == (mode in grading.PRETRAINED_MODES), mode
+        frozen = not any(q.requires_grad for q in m.trunk.parameters())
+        assert frozen == (mode in grading.FROZEN_MODES), mode
+        assert all(q.requires_grad for n, q in m.named_parameters() if n.startswith(("fc6", "fc7", "fc8")))
+    with pytest.raises(ConfigError):
+        grading.build_grading_model(tiny_config(), 4, "ssl-frozen", None)
+    with pytest.raises(ConfigError):
+        grading.build_grading_model(tiny_config(), 4, "scratch", pretrained_dir)
+    with pytest.raises(ConfigError):
+        grading.build_grading_model(tiny_config(), 4, "imagenet", None)
+
+
+def test_incompatible_pretrained_checkpoint_rejected(tmp_path, pretrained_dir):
+    from SpineSSLLib.errors import CheckpointError
+
+    with pytest.raises(CheckpointError):
+        grading.build_grading_model(tiny_config(), 4, "ssl-frozen", tmp_path)  # no checkpoint here
+    bad = tmp_path / "bad"
+    net = VGGMNet(tiny_config(), 7, (224, 224))
+    ckpt.save_checkpoint(bad, net, {"task": "pretrain", "model": ModelConfig.preset("small").to_dict()})
+    with pytest.raises(CheckpointError, match="shape"):
+        grading.build_grading_model(tiny_config(), 4, "ssl-frozen", bad)
+
+
+@pytest.mark.parametrize("mode", ["ssl-frozen", "ssl-finetune", "frozen-random", "scratch"])
+def test_training_respects_freezing(tmp_path, cohort, pretrained_dir, mode):
+    pre = str(pretrained_dir) if mode.startswith("ssl") else None
+    cfg = grading.GradeTrainConfig(mode=mode, pretrained=pre, model_preset="small", model_overrides=TINY,
+                                   batch_size=16, max_epochs=1, lr=1e-2, augment=False, device="cpu", seed=5)
+    start = grading.build_grading_model(tiny_config(), 4, mode, pre, seed=cfg.seed)
+    res = grading.train_grading(cohort, tmp_path / mode, cfg)
+    after, meta = ckpt.load_weights(tmp_path / mode / "last")
+    before = start.state_dict()
+    trunk_keys = [k for k in before if k.startswith("trunk.")]
+    unchanged = all(torch.equal(after[k], before[k]) for k in trunk_keys)
+    assert unchanged == (mode in grading.FROZEN_MODES), mode
+    assert not torch.equal(after["fc8.weight"], before["fc8.weight"])  # the fc layers did train
+    assert meta["config"]["task"] == "grade" and meta["config"]["mode"] == mode
+    assert meta["config"]["class_names"] == ["1", "2", "3", "4"]
+    assert res["test"]["n"] == res["n_test_discs"] > 0
+    assert set(res["test"]) >= {"average_class_accuracy", "kappa_linear", "per_class_recall", "confusion"}

@@ -76,3 +76,24 @@ def test_bad_labels_rejected():
         metrics.confusion_matrix([0, 1], [0])
     with pytest.raises(ValueError):
         metrics.confusion_matrix([0, 5], [0, 1], num_classes=3)
+
+
+def test_roc_auc_by_hand_and_vs_sklearn():
+    from sklearn.metrics import roc_auc_score
+
+    # positives 0.9, 0.4; negatives 0.5, 0.1: pairs (0.9>0.5, 0.9>0.1, 0.4<0.5, 0.4>0.1) -> 3/4
+    assert metrics.roc_auc([0.9, 0.4, 0.5, 0.1], [1, 1, 0, 0]) == pytest.approx(0.75)
+    assert metrics.roc_auc([0.5, 0.5], [1, 0]) == pytest.approx(0.5)  # tie counts half
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 200)
+    s = np.round(rng.normal(y * 0.7, 1.0), 1)  # many ties
+    assert metrics.roc_auc(s, y) == pytest.approx(roc_auc_score(y, s))
+    assert np.isnan(metrics.roc_auc([1, 2], [1, 1]))
+
+
+def test_mean_ci95():
+    m, h = metrics.mean_ci95([0.6, 0.7, 0.8])
+    assert m == pytest.approx(0.7)
+    # t(0.975, 2) = 4.3027; sd = 0.1; half-width = 4.3027 * 0.1 / sqrt(3)
+    assert h == pytest.approx(4.302653 * 0.1 / np.sqrt(3), rel=1e-5)
+    assert np.isnan(metrics.mean_ci95([0.5])[1])

@@ -1,0 +1,78 @@
+"""``spine-ssl grade-train``: train a disc-degeneration grading model on a cohort's graded discs."""
+
+NAME = "grade-train"
+HELP = "train a disc-degeneration grading model (transfer modes: scratch, frozen-random, ssl-frozen, ssl-finetune, supervised)"
+DESCRIPTION = (
+    "Train the grading CNN (the pretraining trunk on 112x224x9 disc volumes, new fully-connected "
+    "layers) on the graded discs of an extracted cohort (volumes.csv). Subjects are split "
+    "670/50/200 (scaled): test subjects have one scan and are outside the pretraining train/val "
+    "split. Writes the model (best/), log.csv, test_metrics.json, test_predictions.csv and "
+    "confusion.png to --out.")
+
+
+def add_arguments(parser):
+    from ..grading import MODES
+
+    parser.add_argument("cohort", help="cohort folder with volumes.csv (from `spine-ssl extract`)")
+    parser.add_argument("--out", required=True, help="output folder for the grading model and reports")
+    parser.add_argument("--mode", choices=MODES, default="ssl-frozen",
+                        help="initialisation of the conv layers (default ssl-frozen, the paper's main mode)")
+    parser.add_argument("--pretrained", help="checkpoint folder with the conv weights (ssl-* and supervised modes)")
+    parser.add_argument("--pretrain-splits", help="the pretraining splits file (keeps test subjects out of "
+                        "pretraining); default: splits.json beside the pretrained checkpoint, if any")
+    parser.add_argument("--preset", choices=("paper", "small"), default="paper",
+                        help="network size for scratch / frozen-random (pretrained modes use the checkpoint's)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fc initialisation and data order")
+    parser.add_argument("--split-seed", type=int, default=0, help="seed of the subject split")
+    parser.add_argument("--epochs", type=int, default=2000, help="maximum epochs (plateau stopping ends earlier)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--patience", type=int, default=10, help="epochs without validation progress before lr/10")
+    parser.add_argument("--no-augment", action="store_true", help="switch the training augmentations off")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
+    parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"))
+    parser.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
+    parser.add_argument("--tta", action="store_true", help="also report test metrics with test-time augmentation")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+
+
+def _default_pretrain_splits(pretrained):
+    from pathlib import Path
+
+    if not pretrained:
+        return None
+    p = Path(pretrained)
+    for cand in (p / "splits.json", p.parent / "splits.json", p.parent.parent / "splits.json"):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def run(args) -> int:
+    import json
+
+    from .. import grading
+
+    cfg = grading.GradeTrainConfig(mode=args.mode, model_preset=args.preset, pretrained=args.pretrained,
+                                   seed=args.seed, augment=not args.no_augment, lr=args.lr,
+                                   batch_size=args.batch_size, max_epochs=args.epochs, patience=args.patience,
+                                   device=args.device, amp=args.amp, num_workers=args.workers)
+    splits_file = args.pretrain_splits or _default_pretrain_splits(args.pretrained)
+    records = grading.read_ivd_table(args.cohort)
+    pre = grading.read_pretrain_splits(splits_file) if splits_file else {}
+    splits = grading.make_grading_splits(records, pre, seed=args.split_seed)
+    for note in splits.notes:
+        print(f"note: {note}")
+    res = grading.train_grading(args.cohort, args.out, cfg, splits=splits, resume=args.resume,
+                                eval_tta=grading.TTAConfig() if args.tta else None)
+    t = res.get("test")
+    summary = {"mode": res["mode"], "train_subjects": res["n_train_subjects"], "train_scans": res["n_train_scans"],
+               "epochs": res["epochs"], "stop": res["stop_reason"]}
+    if t:
+        summary.update(test_discs=t["n"], average_class_accuracy=round(t["average_class_accuracy"], 4),
+                       kappa_linear=None if t["kappa_linear"] is None else round(t["kappa_linear"], 4))
+    if "test_tta" in res:
+        summary["average_class_accuracy_tta"] = round(res["test_tta"]["average_class_accuracy"], 4)
+    print(json.dumps(summary))
+    print(f"grading model: {args.out}/best")
+    return 0

@@ -112,30 +112,11 @@ def class_names_from(records: Iterable[IVDRecord]) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 def read_pretrain_splits(path: str | os.PathLike) -> dict[str, str]:
-    """Subject key -> pretraining split ("train"/"val"/"test") from the pretraining splits file.
+    """Subject key -> pretraining split ("train"/"val"/"test"), from the pretraining splits file
+    (``data.read_splits``: schema ``spinessl.splits/1``)."""
+    from .data import read_splits
 
-    Accepts ``{"train": [...], "val": [...], "test": [...]}``, the same under a ``"subjects"``
-    key, or ``{"subjects": {key: split}}``.
-    """
-    path = Path(path)
-    try:
-        d = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ManifestError("pretraining splits file not found", path) from None
-    except (OSError, ValueError) as e:
-        raise ManifestError(f"unreadable splits file ({type(e).__name__})", path) from None
-    if isinstance(d, dict) and isinstance(d.get("subjects"), (dict, list)):
-        d = d["subjects"]
-    out: dict[str, str] = {}
-    if isinstance(d, dict):
-        if all(isinstance(v, list) for v in d.values() if v is not None) and any(k in d for k in ("train", "val", "test")):
-            for split in ("train", "val", "test"):
-                for s in d.get(split) or []:
-                    out[str(s)] = split
-            return out
-        if all(isinstance(v, str) for v in d.values()):
-            return {str(k): v for k, v in d.items()}
-    raise ManifestError("not a splits file (expected train/val/test subject lists)", path)
+    return read_splits(path).split_of()
 
 
 @dataclass
@@ -479,20 +460,22 @@ def _loss_fn(weights):
     return loss_fn
 
 
-def _augmenter(enabled: bool):
-    """The classification augmentation (the pretraining augmentations of ``data``, applied to
-    each volume independently: no pair coupling of the slice flip)."""
+def _augmenter(enabled: bool, net_hw: tuple[int, int]):
+    """The classification augmentation: the pretraining augmentations (``data.PairAugment``:
+    rotation, translation, scaling, intensity, slice-order flip) applied to each disc volume on
+    its own, so the flip is drawn per volume (no pair coupling).  Translations are given in
+    full-size pixels; for discs the full size is 112x224, so the pixel scale is set for that."""
     if not enabled:
         return None
-    from . import data
+    from .data import AugmentConfig, PairAugment
 
-    aug = data.make_volume_augmenter() if hasattr(data, "make_volume_augmenter") else None
-    if aug is None:
-        return None
+    aug = PairAugment(AugmentConfig(), net_hw)
+    aug.px = (net_hw[1] / IVD_HW[1], net_hw[0] / IVD_HW[0])  # (columns, rows) relative to 112x224
 
     def augment(batch):
         x, y = batch
-        return aug(x), y
+        out = aug({"a": x, "b": x[:0]})  # an empty second branch: each volume drawn independently
+        return out["a"], y
 
     return augment
 
@@ -619,7 +602,7 @@ def train_grading(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg
                  "pretrained": None if pretrained is None else _checkpoint_fingerprint(pretrained)}
     resume = resume and ckpt.exists(out / "last")
     res = fit(model, _loss_fn(w), train_loader, val_loader, tcfg, out, checkpoint_config=ck_config,
-              resume=resume, augment=_augmenter(cfg.augment), device=device)
+              resume=resume, augment=_augmenter(cfg.augment, net_hw), device=device)
     best = out / "best" if ckpt.exists(out / "best") else out / "last"
     ckpt.load_checkpoint(best, model)
     model.to(device)

@@ -111,7 +111,7 @@ def test_incompatible_pretrained_checkpoint_rejected(tmp_path, pretrained_dir):
 def test_training_respects_freezing(tmp_path, cohort, pretrained_dir, mode):
     pre = str(pretrained_dir) if mode.startswith("ssl") else None
     cfg = grading.GradeTrainConfig(mode=mode, pretrained=pre, model_preset="small", model_overrides=TINY,
-                                   batch_size=16, max_epochs=1, lr=1e-2, augment=False, device="cpu", seed=5)
+                                   batch_size=16, max_epochs=1, lr=1e-2, augment=mode == "ssl-finetune", device="cpu", seed=5)
     start = grading.build_grading_model(tiny_config(), 4, mode, pre, seed=cfg.seed)
     res = grading.train_grading(cohort, tmp_path / mode, cfg)
     after, meta = ckpt.load_weights(tmp_path / mode / "last")
@@ -124,3 +124,18 @@ def test_training_respects_freezing(tmp_path, cohort, pretrained_dir, mode):
     assert meta["config"]["class_names"] == ["1", "2", "3", "4"]
     assert res["test"]["n"] == res["n_test_discs"] > 0
     assert set(res["test"]) >= {"average_class_accuracy", "kappa_linear", "per_class_recall", "confusion"}
+
+
+def test_classification_augmentation_is_per_volume():
+    torch.manual_seed(0)
+    aug = grading._augmenter(True, (56, 112))
+    x = torch.rand(6, 1, 9, 56, 112)
+    y = torch.arange(6)
+    xa, ya = aug((x, y))
+    assert xa.shape == x.shape and torch.equal(ya, y)
+    assert not torch.allclose(xa, x)
+    # volumes are augmented independently: identical inputs come out different
+    same = x[:1].repeat(6, 1, 1, 1, 1)
+    out, _ = aug((same, y))
+    assert not torch.allclose(out[0], out[1])
+    assert grading._augmenter(False, (56, 112)) is None

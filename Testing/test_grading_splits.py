@@ -86,13 +86,11 @@ def test_nested_subsets_are_nested():
     assert set(subs[sizes[-1]]) == set(sp.train)
 
 
-@pytest.mark.parametrize("layout", ["lists", "nested", "mapping"])
-def test_read_pretrain_splits_formats(tmp_path, layout):
-    lists = {"train": ["a", "b"], "val": ["c"], "test": ["d"]}
-    doc = {"lists": lists, "nested": {"seed": 1, "subjects": lists},
-           "mapping": {"subjects": {"a": "train", "b": "train", "c": "val", "d": "test"}}}[layout]
+def test_read_pretrain_splits_uses_pretraining_file(tmp_path):
+    from SpineSSLLib.data import Splits, write_splits
+
     p = tmp_path / "splits.json"
-    p.write_text(json.dumps(doc))
+    write_splits(p, Splits(0, (0.8, 0.1, 0.1), {"train": ["a", "b"], "val": ["c"], "test": ["d"]}))
     assert grading.read_pretrain_splits(p) == {"a": "train", "b": "train", "c": "val", "d": "test"}
 
 

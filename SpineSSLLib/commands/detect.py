@@ -1,0 +1,115 @@
+"""``spine-ssl detect INPUT --out OUT``: detect and label T12..S1 automatically in every scan."""
+
+NAME = "detect"
+HELP = "detect vertebrae T12..S1 and their levels automatically (built-in model or SpineNet)"
+DESCRIPTION = (
+    "Detect and label the vertebral bodies T12..S1 in every sagittal scan under INPUT (DICOM series "
+    "and/or NIfTI/NRRD/MHA images).  Writes OUT/<SeriesInstanceUID or image stem>.json (levels: "
+    "centroid, 4 corners, slice range, mid slice, confidence; low-confidence levels listed under "
+    "'issues'), OUT/detect.csv (one row per scan), OUT/errors.csv for unreadable scans, and with "
+    "--markups a Slicer .mrk.json per scan in OUT/markups.  With --reference DIR the detections are "
+    "compared with known levels (OUT/evaluation.json + .png).  The OUT folder can be given to "
+    "`spine-ssl extract` as its levels folder.")
+
+
+def add_arguments(parser):
+    parser.add_argument("input", help="a DICOM series folder, an image file, or a folder of them")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--detector", default="detect", choices=["detect", "spinenet"],
+                        help="built-in detector (default) or SpineNet when installed")
+    parser.add_argument("--model", help="detector model folder (default: the bundled synthetic-data model)")
+    parser.add_argument("--reference", help="folder of known levels (truth JSON, .mrk.json, label maps) to "
+                                            "evaluate against")
+    parser.add_argument("--label-mapping", help="label-map values -> levels for --reference label maps")
+    parser.add_argument("--markups", action="store_true", help="also write Slicer markups per scan")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+
+
+def run(args) -> int:
+    import os
+    from pathlib import Path
+
+    from .. import atomic
+    from ..errors import SpineSSLError
+    from ..levels import resolve_label_mapping, to_markups_dict
+    from ..progress import track
+    from ..detect import cases as C
+
+    out = Path(args.out)
+    refs = C.discover(args.input, args.reference)
+    if not refs:
+        raise SpineSSLError("no DICOM series or images found", args.input)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    from ..train import select_device
+
+    device = str(select_device(args.device))
+    if args.detector == "spinenet":
+        from ..detect import spinenet
+
+        net = spinenet.load(device)
+        detector_name = "spinenet"
+
+        def run_one(scan, where):
+            return spinenet.detect_scan(net, scan, where), None
+    else:
+        from ..detect.infer import detect_scan
+        from ..detect.model import load_detector
+
+        det = load_detector(args.model, device=device)
+        detector_name = str(det.meta.get("config", {}).get("name") or det.path.name)
+
+        def run_one(scan, where):
+            p = detect_scan(det, scan, where)
+            return p.levels, p
+
+    rows, errors, preds = [], [], {}
+    for ref in track(refs, desc="detecting", unit="scan"):
+        try:
+            scan = C.load_scan(ref)
+            levels, _ = run_one(scan, ref.where)
+        except SpineSSLError as e:
+            errors.append({"file": ref.where, "stage": "detect", "error": type(e).__name__, "message": str(e)})
+            continue
+        d = {"schema": "spinessl.levels/1", "detector": detector_name, "key": ref.key}
+        d.update(levels.to_dict())
+        atomic.write_json(out / f"{ref.key}.json", d)
+        if args.markups:
+            atomic.write_json(out / "markups" / f"{ref.key}.mrk.json", to_markups_dict(levels))
+        low = [lv.name for lv in levels if lv.confidence < 0.5]
+        rows.append({"key": ref.key, "n_levels": len(levels), "levels": " ".join(levels.names),
+                     "low_confidence": " ".join(low), "issues": " | ".join(levels.issues)})
+        preds[ref.key] = levels
+    atomic.write_csv(out / "detect.csv", rows, ["key", "n_levels", "levels", "low_confidence", "issues"])
+    if errors:
+        atomic.write_csv(out / "errors.csv", errors, ["file", "stage", "error", "message"])
+    n_all = sum(1 for r in rows if r["n_levels"] == 7 and not r["low_confidence"])
+    print(f"detected levels in {len(rows)} of {len(refs)} scans ({n_all} with all 7 levels confident); "
+          f"{len(errors)} failed -> {out}")
+    if args.reference:
+        from ..detect.evaluate import compare, summarise, write_report
+
+        mapping = resolve_label_mapping(args.label_mapping) if args.label_mapping else None
+        results = []
+        for ref in refs:
+            if ref.key not in preds or ref.levels_file is None:
+                continue
+            try:
+                truth = C.load_levels(ref, C.load_scan(ref), mapping)
+            except SpineSSLError as e:
+                errors.append({"file": ref.levels_file, "stage": "reference", "error": type(e).__name__,
+                               "message": str(e)})
+                continue
+            results.append(compare(ref.key, preds[ref.key], truth))
+        summary = summarise(results)
+        write_report(summary, out / "evaluation.json", out / "evaluation.png")
+        cm = summary["centroid_mm"]["mean"]
+        print(f"vs reference ({len(results)} scans): mean centroid error "
+              f"{'n/a' if cm is None else f'{cm:.2f} mm'}, labelling accuracy {summary['labelling_accuracy']}, "
+              f"all levels right in {summary['scans_all_correct']} of scans")
+        if errors:
+            atomic.write_csv(out / "errors.csv", errors, ["file", "stage", "error", "message"])
+    return 1 if errors else 0

@@ -1,0 +1,133 @@
+"""The detector network (a MONAI 2D U-Net over 2.5D sagittal slice stacks), its typed config
+and its model files (a ``SpineSSLLib.checkpoint`` folder: safetensors + JSON, no pickle)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import CheckpointError, ConfigError
+from .assign import AssignConfig
+from .targets import CHANNELS
+
+TASK = "detect"
+BUNDLED = Path(__file__).resolve().parents[1] / "models_data" / "detector"
+
+
+@dataclass
+class DetectorConfig:
+    """Architecture, input grid and heatmap geometry of a detector (stored in its model file)."""
+
+    spacing_mm: float = 2.0  # canonical in-plane pixel size
+    context: int = 1  # 2.5D: slices k-context .. k+context are the input channels
+    channels: tuple[int, ...] = (16, 32, 64, 128, 256)
+    strides: tuple[int, ...] = (2, 2, 2, 2)
+    num_res_units: int = 1
+    norm: str = "instance"
+    sigma_centre_mm: float = 3.0
+    sigma_level_mm: float = 8.0
+    sigma_corner_mm: float = 3.0
+    sigma_lateral_mm: float = 8.0  # fall-off of the centre map across slices
+    corner_slices: int = 1
+    assign: AssignConfig = field(default_factory=AssignConfig)
+
+    def __post_init__(self):
+        if isinstance(self.assign, dict):
+            self.assign = AssignConfig(**self.assign)
+        self.channels = tuple(int(c) for c in self.channels)
+        self.strides = tuple(int(s) for s in self.strides)
+        if len(self.strides) != len(self.channels) - 1:
+            raise ConfigError("detector config: len(strides) must be len(channels) - 1")
+        if self.spacing_mm <= 0 or self.context < 0:
+            raise ConfigError("detector config: spacing_mm must be > 0 and context >= 0")
+
+    @property
+    def in_channels(self) -> int:
+        return 2 * self.context + 1
+
+    @property
+    def multiple(self) -> int:
+        m = 1
+        for s in self.strides:
+            m *= s
+        return m
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["channels"], d["strides"] = list(self.channels), list(self.strides)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DetectorConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f"unknown detector config keys: {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
+PRESETS = {
+    "default": {},
+    # for tests: trains in seconds on one CPU core
+    "tiny": {"channels": (4, 8, 16, 32), "strides": (2, 2, 2), "num_res_units": 0},
+}
+
+
+def build_network(cfg: DetectorConfig):
+    from monai.networks.nets import UNet
+
+    return UNet(spatial_dims=2, in_channels=cfg.in_channels, out_channels=len(CHANNELS),
+                channels=cfg.channels, strides=cfg.strides, num_res_units=cfg.num_res_units, norm=cfg.norm)
+
+
+def checkpoint_config(cfg: DetectorConfig, extra: dict | None = None) -> dict:
+    d = {"task": TASK, "detector": cfg.to_dict(), "outputs": list(CHANNELS)}
+    if extra:
+        d.update(extra)
+    return d
+
+
+@dataclass
+class Detector:
+    config: DetectorConfig
+    network: object  # torch.nn.Module, in eval mode
+    meta: dict
+    path: Path
+
+
+def resolve_model_path(path) -> Path:
+    """A model folder: ``path`` itself, or its ``best/`` / ``last/`` (a detect-train output)."""
+    from .. import checkpoint as ckpt
+
+    p = Path(path)
+    if ckpt.exists(p):
+        return p
+    for sub in ("best", "last"):
+        if ckpt.exists(p / sub):
+            return p / sub
+    raise CheckpointError("not a detector model (no checkpoint.json here or in best/ or last/)", p)
+
+
+def load_detector(path=None, device: str = "cpu") -> Detector:
+    """Load a detector model folder (default: the bundled model)."""
+    from .. import checkpoint as ckpt
+
+    if path is None:
+        if not ckpt.exists(BUNDLED):
+            raise CheckpointError("the bundled detector model is not installed; train one with "
+                                  "`spine-ssl detect-train` and pass --model", BUNDLED)
+        p = BUNDLED
+    else:
+        p = resolve_model_path(path)
+    meta = ckpt.read_meta(p)
+    conf = meta.get("config", {})
+    if conf.get("task") != TASK:
+        raise CheckpointError(f"model was made for task {conf.get('task')!r}, not detection", p)
+    if list(conf.get("outputs", [])) != list(CHANNELS):
+        raise CheckpointError("model outputs do not match this version's detector channels", p)
+    cfg = DetectorConfig.from_dict(conf["detector"])
+    net = build_network(cfg)
+    ckpt.load_checkpoint(p, net, device="cpu")
+    net.to(device).eval()
+    return Detector(cfg, net, meta, p)

@@ -1,0 +1,242 @@
+"""Training the detector (``spine-ssl detect-train``) with the shared loop ``SpineSSLLib.train.fit``
+(checkpoints, resume, CUDA/AMP, DDP, progress).
+
+Samples are 2.5D slice stacks of the canonical grid placed on a fixed canvas at a random offset
+(translation augmentation; a crop when the grid is larger), with random gamma, contrast and
+noise.  One "epoch" is ``samples_per_epoch`` random samples; every sample is a pure function of
+(seed, sample index), so a resumed run sees the same data it would have seen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import ConfigError, SpineSSLError
+from ..progress import track
+from .cases import Case
+from .grid import SagittalGrid, make_grid, resample
+from .model import DetectorConfig
+from .targets import CENTRE, CHANNELS, FIRST_CORNER, FIRST_LEVEL, LevelGeometry, level_geometry, slice_targets
+
+
+@dataclass
+class DetectTrainConfig:
+    """Data / augmentation / loss knobs of detector training (the loop's are ``TrainConfig``)."""
+
+    canvas_px: int = 176  # training canvas (canonical pixels); inference uses the whole grid
+    samples_per_epoch: int = 384
+    val_samples: int = 96
+    spine_slice_fraction: float = 0.85  # share of samples drawn from slices that show a level
+    gamma: tuple[float, float] = (0.7, 1.4)
+    contrast: tuple[float, float] = (0.8, 1.2)
+    noise: float = 0.03
+    pos_weight_peak: float = 30.0  # extra weight of positive pixels in centre / corner maps
+    pos_weight_level: float = 5.0
+    seed: int = 0
+
+    def __post_init__(self):
+        self.gamma, self.contrast = tuple(self.gamma), tuple(self.contrast)
+        if self.canvas_px < 32 or self.samples_per_epoch < 1 or self.val_samples < 1:
+            raise ConfigError("canvas_px >= 32, samples_per_epoch >= 1 and val_samples >= 1 required")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["gamma"], d["contrast"] = list(self.gamma), list(self.contrast)
+        return d
+
+
+@dataclass
+class Prepared:
+    """A case on the canonical grid, ready for sampling."""
+
+    key: str
+    image: np.ndarray  # (K, H, W)
+    geom: list[LevelGeometry]
+    grid: SagittalGrid
+    spine_slices: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+
+
+def prepare(cases: list[Case], cfg: DetectorConfig, desc: str = "preparing") -> list[Prepared]:
+    out = []
+    for case in track(cases, desc=desc, unit="scan"):
+        if case.levels is None or len(case.levels) == 0:
+            raise SpineSSLError("no levels for this scan (cannot train on it)", case.ref.where)
+        grid = make_grid(case.scan, cfg.spacing_mm, cfg.multiple, case.ref.where)
+        image = resample(case.scan, grid, case.ref.where)
+        geom = level_geometry(case.levels, grid)
+        ks = sorted({k for g in geom for k in range(g.slice_range[0], g.slice_range[1] + 1)
+                     if 0 <= k < image.shape[0]})
+        out.append(Prepared(case.ref.key, image, geom, grid, np.array(ks, dtype=int)))
+    return out
+
+
+def make_sample(p: Prepared, k: int, cfg: DetectorConfig, tcfg: DetectTrainConfig,
+                rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
+    """(input (C_in, S, S), target (C_out, S, S)) for slice ``k``; ``rng=None``: centred, no
+    augmentation (validation)."""
+    from .infer import stack_input
+
+    x = stack_input(p.image, k, cfg.context)
+    t = slice_targets(p.geom, k, p.image.shape[1:], cfg.spacing_mm, cfg.sigma_centre_mm,
+                      cfg.sigma_level_mm, cfg.sigma_corner_mm, cfg.corner_slices,
+                      slice_mm=p.grid.slice_mm, sigma_lateral_mm=cfg.sigma_lateral_mm)
+    S = tcfg.canvas_px
+    H, W = x.shape[1:]
+    xo = np.zeros((x.shape[0], S, S), dtype=np.float32)
+    to = np.zeros((t.shape[0], S, S), dtype=np.float32)
+
+    def place(n, rnd):  # source start, dest start, length along one axis
+        if n <= S:
+            d = int(rnd.integers(0, S - n + 1)) if rnd is not None else (S - n) // 2
+            return 0, d, n
+        s = int(rnd.integers(0, n - S + 1)) if rnd is not None else (n - S) // 2
+        return s, 0, S
+
+    sr, dr, lr = place(H, rng)
+    sc, dc, lc = place(W, rng)
+    xo[:, dr:dr + lr, dc:dc + lc] = x[:, sr:sr + lr, sc:sc + lc]
+    to[:, dr:dr + lr, dc:dc + lc] = t[:, sr:sr + lr, sc:sc + lc]
+    if rng is not None:
+        g = rng.uniform(*tcfg.gamma)
+        xo = np.power(np.clip(xo, 0, None), g) * rng.uniform(*tcfg.contrast)
+        if tcfg.noise > 0:
+            xo = xo + rng.normal(0, rng.uniform(0, tcfg.noise), xo.shape)
+        xo = xo.astype(np.float32)
+    return xo, to
+
+
+class SliceSamples:
+    """Map-style dataset: index -> a random (case, slice, placement, augmentation)."""
+
+    def __init__(self, prepared: list[Prepared], cfg: DetectorConfig, tcfg: DetectTrainConfig, train: bool):
+        if not prepared:
+            raise SpineSSLError("no scans to sample from")
+        self.prepared, self.cfg, self.tcfg, self.train = prepared, cfg, tcfg, train
+        self.fixed = None
+        if not train:  # a fixed, spread-out set of slices
+            rng = np.random.default_rng(tcfg.seed + 7)
+            self.fixed = [self._draw(rng) for _ in range(tcfg.val_samples)]
+
+    def _draw(self, rng):
+        p = self.prepared[int(rng.integers(len(self.prepared)))]
+        if len(p.spine_slices) and rng.random() < self.tcfg.spine_slice_fraction:
+            k = int(rng.choice(p.spine_slices))
+        else:
+            k = int(rng.integers(p.image.shape[0]))
+        return p, k
+
+    def __len__(self):
+        return len(self.fixed) if self.fixed is not None else self.tcfg.samples_per_epoch
+
+    def __getitem__(self, idx):
+        import torch
+
+        if self.fixed is not None:
+            p, k = self.fixed[idx]
+            x, t = make_sample(p, k, self.cfg, self.tcfg, None)
+        else:
+            rng = np.random.default_rng([self.tcfg.seed, int(idx)])
+            p, k = self._draw(rng)
+            x, t = make_sample(p, k, self.cfg, self.tcfg, rng)
+        return {"image": torch.from_numpy(x), "target": torch.from_numpy(t)}
+
+
+class EpochSampler:
+    """Indices ``epoch * n ... epoch * n + n - 1`` in a seeded random order, split by rank under
+    torchrun; ``set_epoch`` is called by the training loop."""
+
+    def __init__(self, n: int, seed: int = 0):
+        from ..train import dist_info
+
+        self.n, self.seed, self.epoch = n, seed, 0
+        info = dist_info()
+        self.rank, self.world = info.rank, info.world
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n) + self.epoch * self.n
+        return iter(order[self.rank::self.world].tolist())
+
+    def __len__(self):
+        return len(range(self.rank, self.n, self.world))
+
+
+def make_loss(tcfg: DetectTrainConfig):
+    """``loss_fn(model, batch, train)`` for ``train.fit``: positive-weighted BCE per channel group."""
+    import torch
+    import torch.nn.functional as F
+
+    peak = [CENTRE] + list(range(FIRST_CORNER, FIRST_CORNER + 4))
+    level = list(range(FIRST_LEVEL, FIRST_CORNER))
+
+    def group_loss(logits, target, channels, pos_weight):
+        lg, tg = logits[:, channels].float(), target[:, channels].float()
+        w = 1.0 + pos_weight * tg
+        bce = F.binary_cross_entropy_with_logits(lg, tg, reduction="none")
+        return (w * bce).sum() / w.sum()
+
+    def loss_fn(model, batch, train):
+        logits = model(batch["image"])
+        tgt = batch["target"]
+        lc = group_loss(logits, tgt, [CENTRE], tcfg.pos_weight_peak)
+        ll = group_loss(logits, tgt, level, tcfg.pos_weight_level)
+        lk = group_loss(logits, tgt, peak[1:], tcfg.pos_weight_peak)
+        loss = lc + ll + lk
+        return loss, {"centre": lc.detach(), "level": ll.detach(), "corner": lk.detach()}
+
+    return loss_fn
+
+
+@dataclass
+class DetectTrainResult:
+    fit: object  # train.FitResult
+    n_train: int
+    n_val: int
+
+
+def train_detector(train_cases: list[Case], val_cases: list[Case], out_dir, cfg: DetectorConfig,
+                   tcfg: DetectTrainConfig, train_cfg, *, resume: bool = False, extra: dict | None = None,
+                   num_threads: int | None = None) -> DetectTrainResult:
+    """Train on ``train_cases`` (validation loss on ``val_cases`` drives the plateau schedule and
+    the ``best/`` checkpoint) with ``SpineSSLLib.train.fit``; writes ``out_dir/best``,
+    ``out_dir/last``, ``out_dir/log.csv``, ``out_dir/fit.json``."""
+    import torch
+
+    from ..train import fit, make_loader, select_device
+    from .model import build_network, checkpoint_config
+
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    if not train_cases:
+        raise SpineSSLError("no training scans with levels")
+    tr = prepare(train_cases, cfg, "preparing training scans")
+    va = prepare(val_cases, cfg, "preparing validation scans") if val_cases else []
+    device = select_device(train_cfg.device)
+    torch.manual_seed(train_cfg.seed)
+    net = build_network(cfg)
+    train_ds = SliceSamples(tr, cfg, tcfg, train=True)
+    train_loader = _loader(train_ds, train_cfg, device, EpochSampler(len(train_ds), tcfg.seed))
+    val_loader = (make_loader(SliceSamples(va, cfg, tcfg, train=False), train_cfg.batch_size, shuffle=False,
+                              num_workers=train_cfg.num_workers, device=device) if va else None)
+    meta = {"train_scans": len(tr), "val_scans": len(va), "train": tcfg.to_dict()}
+    meta.update(extra or {})
+    res = fit(net, make_loss(tcfg), train_loader, val_loader, train_cfg, out_dir,
+              checkpoint_config=checkpoint_config(cfg, meta), resume=resume, device=device)
+    return DetectTrainResult(res, len(tr), len(va))
+
+
+def _loader(ds, train_cfg, device, sampler):
+    from torch.utils.data import DataLoader
+
+    return DataLoader(ds, batch_size=train_cfg.batch_size, sampler=sampler, num_workers=train_cfg.num_workers,
+                      pin_memory=device.type == "cuda", persistent_workers=train_cfg.num_workers > 0,
+                      drop_last=False)
+
+
+__all__ = ["DetectTrainConfig", "train_detector", "make_sample", "SliceSamples", "prepare", "make_loss",
+           "CHANNELS"]

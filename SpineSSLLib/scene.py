@@ -248,8 +248,9 @@ def save_volume(node, path) -> Path:
 def markups_from_levels(scene, levels: LevelSet, name: str, locked: bool = True, node=None):
     """A point list with one labelled control point per level at its centroid (RAS), locked.
 
-    The four corners of each vertebral body (when known) travel in the point's description as
-    ``corners_ras=[[x,y,z],...]`` so a saved ``.mrk.json`` keeps the full level geometry.
+    The four corners of each vertebral body (when known) are kept as hidden points labelled
+    ``L4-AS``, ``L4-PS``, ``L4-PI``, ``L4-AI`` (the ``.mrk.json`` convention of
+    ``levels.from_markups``), so a saved file keeps the full level geometry.
     """
     import vtk
 
@@ -258,17 +259,22 @@ def markups_from_levels(scene, levels: LevelSet, name: str, locked: bool = True,
     else:
         node.RemoveAllControlPoints()
     for level in levels:
-        r = ras_from_lps(level.centroid)
-        i = node.AddControlPoint(vtk.vtkVector3d(*r), level.name)
-        if level.corners is not None:
-            corners = ras_from_lps(level.corners)
-            node.SetNthControlPointDescription(
-                i, "corners_ras=" + repr([[round(float(v), 4) for v in c] for c in corners]).replace(" ", ""))
+        i = node.AddControlPoint(vtk.vtkVector3d(*ras_from_lps(level.centroid)), level.name)
         node.SetNthControlPointLocked(i, bool(locked))
+    for level in levels:
+        if level.corners is None:
+            continue
+        for tag, corner in zip(_CORNER_TAGS, ras_from_lps(level.corners)):
+            i = node.AddControlPoint(vtk.vtkVector3d(*corner), f"{level.name}-{tag}")
+            node.SetNthControlPointVisibility(i, False)
+            node.SetNthControlPointLocked(i, bool(locked))
     node.SetLocked(bool(locked))
     if node.GetDisplayNode() is None:
         node.CreateDefaultDisplayNodes()
     return node
+
+
+_CORNER_TAGS = ("AS", "PS", "PI", "AI")  # CORNER_NAMES order
 
 
 def level_placement_markups(scene, name: str):
@@ -286,63 +292,36 @@ def level_placement_markups(scene, name: str):
     return node
 
 
-def _parse_corners(description: str):
-    import ast
-
-    for part in (description or "").split(";"):
-        part = part.strip()
-        if part.startswith("corners_ras="):
-            try:
-                corners = np.array(ast.literal_eval(part[len("corners_ras="):]), dtype=np.float64)
-            except (ValueError, SyntaxError):
-                return None
-            return corners if corners.shape == (4, 3) else None
-    return None
-
-
-def normalise_level_label(label: str) -> str | None:
-    """``"l4"``, ``" L4 "``, ``"L4 vertebra"`` -> ``"L4"``; ``None`` when not a level name."""
-    token = (label or "").strip().split(" ")[0].upper()
-    return token if token in LEVEL_NAMES else None
-
-
 def levels_from_markups(node) -> LevelSet:
-    """A ``LevelSet`` (LPS) from a markups node whose control points are labelled T12..S1.
+    """A ``LevelSet`` (LPS) from a markups node labelled ``T12``..``S1`` (centres) and optionally
+    ``L4-AS``... (corners).
 
-    Unplaced points (the placement helper's leftovers) and points with other labels are skipped
-    and listed in ``issues``; a level placed twice is an error.
+    The node is written with Slicer's own markups writer and read by ``levels.from_markups``,
+    so a node in the scene and its saved ``.mrk.json`` give exactly the same levels.  Unplaced
+    points (the placement helper's leftovers) are skipped and reported in ``issues``.
     """
+    from . import levels as levels_mod
+
     if node is None:
         raise LevelsError("no levels markups node selected")
-    world = _markups_world_positions(node)
-    levels: dict[str, Level] = {}
-    issues: list[str] = []
-    for i in range(node.GetNumberOfControlPoints()):
-        label = node.GetNthControlPointLabel(i)
-        level = normalise_level_label(label)
-        if level is None:
-            issues.append(f"{label}: not a level name T12..S1 (ignored)")
-            continue
-        if node.GetNthControlPointPositionStatus(i) != node.PositionDefined:
-            issues.append(f"{level}: not placed")
-            continue
-        if level in levels:
-            raise LevelsError(f"level {level} is placed twice in {node.GetName()!r}")
-        corners = _parse_corners(node.GetNthControlPointDescription(i))
-        levels[level] = Level(name=level, centroid=lps_from_ras(world[i]),
-                              corners=None if corners is None else lps_from_ras(corners))
-    if not levels:
-        raise LevelsError(f"{node.GetName()!r} has no placed points labelled T12..S1")
-    return LevelSet(levels, issues, source="markups")
+    where = f"markups {node.GetName()!r}"
+    if node.GetParentTransformNode() is not None:
+        raise LevelsError("the points are under a transform; harden the transform first", where)
+    with _private_dir(Path(_temp_root())) as d:
+        path = save_markups(node, d / "levels.mrk.json")
+        try:
+            result = levels_mod.from_markups(path)
+        except LevelsError as e:
+            raise LevelsError(e.cause, where) from e
+    if not len(result):
+        raise LevelsError("no placed points labelled T12..S1", where)
+    return result.replace(source=f"markups:{node.GetName()}")
 
 
-def _markups_world_positions(node) -> np.ndarray:
-    out = np.zeros((node.GetNumberOfControlPoints(), 3))
-    for i in range(len(out)):
-        p = [0.0, 0.0, 0.0]
-        node.GetNthControlPointPositionWorld(i, p)
-        out[i] = p
-    return out
+def _temp_root() -> str:
+    import tempfile
+
+    return tempfile.gettempdir()
 
 
 # --------------------------------------------------------------------------------------------

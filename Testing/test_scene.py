@@ -142,10 +142,14 @@ def test_levels_become_locked_labelled_ras_points_and_come_back_in_lps():
     scene = slicer.vtkMRMLScene()
     node = S.markups_from_levels(scene, levels, "scan levels")
     assert node.GetLocked()
-    assert node.GetNumberOfControlPoints() == 7
+    assert node.GetNumberOfControlPoints() == 7 * 5  # centre + 4 hidden corners per level
     for i, level in enumerate(levels):
         assert node.GetNthControlPointLabel(i) == level.name
-        assert node.GetNthControlPointLocked(i)
+        assert node.GetNthControlPointLocked(i) and node.GetNthControlPointVisibility(i)
+    corner_labels = [node.GetNthControlPointLabel(i) for i in range(7, 11)]
+    assert corner_labels == ["T12-AS", "T12-PS", "T12-PI", "T12-AI"]
+    assert not any(node.GetNthControlPointVisibility(i) for i in range(7, 35))
+    for i, level in enumerate(levels):
         pos = [0.0, 0.0, 0.0]
         node.GetNthControlPointPosition(i, pos)
         assert np.allclose(pos, [-level.centroid[0], -level.centroid[1], level.centroid[2]])
@@ -182,7 +186,7 @@ def test_mrk_json_in_ras_coordinates_is_read_correctly(tmp_path):
                      "controlPoints": [
                          {"id": "1", "label": "L4", "position": [10.0, 20.0, 30.0], "positionStatus": "defined"},
                          {"id": "2", "label": "l5", "position": [11.0, 22.0, -5.0], "positionStatus": "defined"},
-                         {"id": "3", "label": "F-3", "position": [0.0, 0.0, 0.0], "positionStatus": "defined"},
+                         {"id": "3", "label": "L5-AS", "position": [11.0, 7.0, 5.0], "positionStatus": "defined"},
                      ]}],
     }
     path = tmp_path / "ras.mrk.json"
@@ -191,7 +195,18 @@ def test_mrk_json_in_ras_coordinates_is_read_correctly(tmp_path):
     assert levels.names == ["L4", "L5"]
     assert np.allclose(levels["L4"].centroid, [-10.0, -20.0, 30.0])
     assert np.allclose(levels["L5"].centroid, [-11.0, -22.0, -5.0])
-    assert any("F-3" in issue for issue in levels.issues)
+    assert any("L5: only 1 of 4 corners" in issue for issue in levels.issues)
+
+
+def test_unknown_point_label_is_an_error_naming_the_node():
+    import vtk
+
+    scene = slicer.vtkMRMLScene()
+    node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "my points")
+    node.AddControlPoint(vtk.vtkVector3d(0, 0, 0), "L4")
+    node.AddControlPoint(vtk.vtkVector3d(0, 0, 9), "F-2")
+    with pytest.raises(LevelsError, match="my points.*F-2"):
+        S.levels_from_markups(node)
 
 
 def test_placement_helper_has_seven_unplaced_labels_and_partial_placement_reports_the_rest():
@@ -202,21 +217,23 @@ def test_placement_helper_has_seven_unplaced_labels_and_partial_placement_report
     labels = [node.GetNthControlPointLabel(i) for i in range(node.GetNumberOfControlPoints())]
     assert labels == ["T12", "L1", "L2", "L3", "L4", "L5", "S1"]
     assert node.GetNumberOfDefinedControlPoints() == 0
-    with pytest.raises(LevelsError, match="no placed points"):
+    with pytest.raises(LevelsError, match="no placed points labelled T12..S1"):
         S.levels_from_markups(node)
     node.SetNthControlPointPosition(4, vtk.vtkVector3d(-1.0, -2.0, 3.0))  # user places L4
     levels = S.levels_from_markups(node)
     assert levels.names == ["L4"]
     assert np.allclose(levels["L4"].centroid, [1.0, 2.0, 3.0])
-    assert "S1: not placed" in levels.issues
+    assert "S1: not in markups" in levels.issues  # unplaced points are skipped
 
 
-def test_a_level_placed_twice_is_an_error():
+def test_a_level_placed_twice_is_skipped_and_reported():
     import vtk
 
     scene = slicer.vtkMRMLScene()
     node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "dup")
     node.AddControlPoint(vtk.vtkVector3d(0, 0, 0), "L4")
     node.AddControlPoint(vtk.vtkVector3d(0, 0, 9), "L4")
-    with pytest.raises(LevelsError, match="L4 is placed twice"):
-        S.levels_from_markups(node)
+    node.AddControlPoint(vtk.vtkVector3d(0, 0, -30), "L5")
+    levels = S.levels_from_markups(node)
+    assert levels.names == ["L5"]
+    assert any(issue.startswith("L4: duplicate") for issue in levels.issues)

@@ -1,0 +1,524 @@
+"""Data for longitudinal pretraining: the VB volume table, subject splits, the pair sampler,
+the volume cache / pair dataset, and the paper's augmentations (MONAI, on the training device).
+
+Pairs (paper §2.2, Fig. 3): a *positive* is the same vertebral level of the same subject at two
+different time points; a *negative* is the same level of two different subjects.  S1 only meets
+S1.  Negatives are drawn so that they look like positives in every acquisition respect: each
+negative keeps one scan of a positive pair and replaces the other by a scan of another subject
+with the same acquisition signature (time-point index, field strength, nearest follow-up
+interval).  In the paper every positive pairs a 1.0 T baseline with a 1.5 T follow-up; a sampler
+that drew negatives from arbitrary scans would let "different scanners" predict "same subject".
+
+Memory is O(scans): the sampler keeps per-(subject, level) lists and builds one epoch's pairs
+(O(positives)) at a time; new negatives are drawn every epoch (``set_epoch``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import zipfile
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from . import LEVEL_NAMES
+from .atomic import atomic_path, write_json
+from .errors import ConfigError, ManifestError
+
+VB_SHAPE = (9, 224, 224)
+SPLITS_SCHEMA = "spinessl.splits/1"
+SPLIT_NAMES = ("train", "val", "test")
+
+
+# --------------------------------------------------------------------------- the volume table
+
+@dataclass(frozen=True)
+class VolumeRow:
+    """One vertebral-body volume (a VB row of volumes.csv)."""
+
+    volume_id: str
+    scan_key: str
+    subject_key: str
+    family: str
+    timepoint: int
+    interval_days: float      # NaN when unknown
+    field_strength: float     # NaN when unknown
+    level: str
+    file: str
+    index: int
+    aux: tuple = ()           # optional metadata labels, ((name, class index or -1), ...)
+
+    @property
+    def level_index(self) -> int:
+        return LEVEL_NAMES.index(self.level)
+
+
+def _float(s) -> float:
+    try:
+        v = float(s)
+    except (TypeError, ValueError):
+        return math.nan
+    return v
+
+
+AUX_COLUMNS = ("sex", "age_bin", "weight_bin")
+
+
+def read_vb_table(cohort_dir, aux_heads: dict | None = None) -> list[VolumeRow]:
+    """VB rows of ``<cohort_dir>/volumes.csv`` (the extraction contract).  With ``aux_heads``
+    (name -> classes), the named metadata columns are read as integer class labels (-1 when
+    empty); a requested column that is absent raises ``ManifestError``."""
+    path = Path(cohort_dir) / "volumes.csv"
+    if not path.is_file():
+        raise ManifestError("no volumes.csv (run `spine-ssl extract` first)", path)
+    aux_heads = aux_heads or {}
+    rows = []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        need = {"volume_id", "scan_key", "subject_key", "timepoint", "level", "kind", "file", "index"}
+        have = set(reader.fieldnames or [])
+        missing = need - have
+        if missing:
+            raise ManifestError(f"missing columns {', '.join(sorted(missing))}", path)
+        absent = [k for k in aux_heads if k not in have]
+        if absent:
+            raise ManifestError(f"auxiliary head column(s) {', '.join(absent)} not in the table", path)
+        for n, r in enumerate(reader, start=2):
+            if (r["kind"] or "").strip().upper() != "VB":
+                continue
+            if r["level"] not in LEVEL_NAMES:
+                raise ManifestError(f"line {n}: unknown level {r['level']!r}", path)
+            try:
+                tp, idx = int(r["timepoint"]), int(r["index"])
+            except ValueError:
+                raise ManifestError(f"line {n}: timepoint/index not integers", path) from None
+            aux = []
+            for k, ncls in aux_heads.items():
+                v = (r.get(k) or "").strip()
+                try:
+                    c = int(float(v)) if v else -1
+                except ValueError:
+                    raise ManifestError(f"line {n}: column {k} is not a class index ({v!r})", path) from None
+                if c >= int(ncls):
+                    raise ManifestError(f"line {n}: {k} class {c} >= {ncls}", path)
+                aux.append((k, c))
+            rows.append(VolumeRow(r["volume_id"], r["scan_key"], r["subject_key"],
+                                  (r.get("family") or "").strip() or r["subject_key"], tp,
+                                  _float(r.get("interval_days")), _float(r.get("field_strength")),
+                                  r["level"], r["file"], idx, tuple(aux)))
+    if not rows:
+        raise ManifestError("no vertebral-body (VB) volumes in the table", path)
+    return rows
+
+
+# --------------------------------------------------------------------------- splits
+
+@dataclass
+class Splits:
+    seed: int
+    fractions: tuple
+    subjects: dict           # split name -> sorted subject keys
+
+    def split_of(self) -> dict[str, str]:
+        return {s: name for name, subs in self.subjects.items() for s in subs}
+
+    def to_dict(self) -> dict:
+        return {"schema": SPLITS_SCHEMA, "seed": self.seed, "fractions": list(self.fractions),
+                "counts": {k: len(v) for k, v in self.subjects.items()}, "subjects": self.subjects}
+
+
+def make_splits(rows: Sequence[VolumeRow], seed: int = 0, fractions=(0.8, 0.1, 0.1)) -> Splits:
+    """Split subjects 80:10:10 (``fractions``), families (twins) kept in one split, deterministic
+    from ``seed``.  Families with follow-up scans and those without are split separately, so the
+    longitudinal subjects (the only source of positives) are also 80:10:10 (paper: 339:42:42)."""
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
+        raise ConfigError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
+    fam_subjects: dict[str, set] = defaultdict(set)
+    times: dict[str, set] = defaultdict(set)
+    for r in rows:
+        fam_subjects[r.family].add(r.subject_key)
+        times[r.subject_key].add(r.timepoint)
+    out = {k: [] for k in SPLIT_NAMES}
+    rng = np.random.default_rng(seed)
+    for longitudinal in (True, False):
+        fams = sorted(f for f, subs in fam_subjects.items()
+                      if any(len(times[s]) > 1 for s in subs) == longitudinal)
+        fams = [fams[i] for i in rng.permutation(len(fams))]
+        total = sum(len(fam_subjects[f]) for f in fams)
+        target = [fractions[0] * total, fractions[1] * total, fractions[2] * total]
+        got = [0, 0, 0]
+        for f in fams:
+            # the split furthest below its target takes the family (largest deficit first)
+            need = [target[i] - got[i] for i in range(3)]
+            i = int(np.argmax(need))
+            out[SPLIT_NAMES[i]].extend(fam_subjects[f])
+            got[i] += len(fam_subjects[f])
+    return Splits(seed, tuple(fractions), {k: sorted(v) for k, v in out.items()})
+
+
+def write_splits(path, splits: Splits) -> None:
+    write_json(path, splits.to_dict())
+
+
+def read_splits(path) -> Splits:
+    p = Path(path)
+    try:
+        d = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ManifestError("splits file not found", p) from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ManifestError("splits file is not valid JSON", p) from None
+    if not isinstance(d, dict) or d.get("schema") != SPLITS_SCHEMA or not isinstance(d.get("subjects"), dict):
+        raise ManifestError(f"not a SpineSSL splits file (schema {SPLITS_SCHEMA})", p)
+    subs = {k: list(d["subjects"].get(k, [])) for k in SPLIT_NAMES}
+    seen: dict[str, str] = {}
+    for k, v in subs.items():
+        for s in v:
+            if s in seen:
+                raise ManifestError(f"subject {s} is in both {seen[s]} and {k}", p)
+            seen[s] = k
+    return Splits(int(d.get("seed", 0)), tuple(d.get("fractions", (0.8, 0.1, 0.1))), subs)
+
+
+# --------------------------------------------------------------------------- pairs
+
+@dataclass
+class PairConfig:
+    neg_per_pos: float = 1.0
+    """negatives per positive (1 = the paper's balanced pairs; 0.5 = two positives per negative)"""
+    balance_levels: bool = True
+    """upsample positives of under-represented levels to the most frequent level's count"""
+    match_acquisition: bool = True
+    """negatives copy the positives' baseline/follow-up composition (keep True; False exists to
+    demonstrate the shortcut it removes)"""
+    interval_bin_days: float = 365.25
+    """follow-up intervals are matched within bins of this width (uniform sampling inside a bin
+    keeps the negatives' interval distribution equal to the positives')"""
+
+    def __post_init__(self):
+        if self.neg_per_pos < 0:
+            raise ConfigError("neg_per_pos must be >= 0")
+        if self.interval_bin_days <= 0:
+            raise ConfigError("interval_bin_days must be positive")
+
+
+def _sig(r: VolumeRow, bin_days: float | None) -> tuple:
+    """Acquisition signature: level, time-point index, field strength, interval bin."""
+    fs = None if math.isnan(r.field_strength) else round(r.field_strength, 2)
+    iv = None if (bin_days is None or math.isnan(r.interval_days)) else int(r.interval_days // bin_days)
+    return (r.level, r.timepoint, fs, iv)
+
+
+class PairSampler:
+    """Yields ``(index_a, index_b, y)`` keys into ``rows`` (y = 1 positive, 0 negative) for one
+    split.  Deterministic from ``(seed, epoch)``; new negatives each epoch via ``set_epoch``.
+    Under torchrun each rank gets a disjoint ``rank::world`` share (padded to equal length)."""
+
+    def __init__(self, rows: Sequence[VolumeRow], config: PairConfig | None = None, seed: int = 0,
+                 rank: int = 0, world: int = 1, shuffle: bool = True):
+        self.rows, self.config, self.seed = list(rows), config or PairConfig(), int(seed)
+        self.rank, self.world, self.shuffle = rank, world, shuffle
+        by_sl: dict[tuple, list[int]] = defaultdict(list)
+        for i, r in enumerate(self.rows):
+            by_sl[(r.subject_key, r.level)].append(i)
+        self.positives: list[tuple[int, int]] = []
+        for idxs in by_sl.values():
+            idxs = sorted(idxs, key=lambda i: (self.rows[i].timepoint, self.rows[i].volume_id))
+            for p in range(len(idxs)):
+                for q in range(p + 1, len(idxs)):
+                    a, b = self.rows[idxs[p]], self.rows[idxs[q]]
+                    if a.timepoint != b.timepoint:
+                        self.positives.append((idxs[p], idxs[q]))
+        # candidates for negatives, by acquisition signature (fine: with interval bin; coarse:
+        # without) and by level alone (last resort)
+        bin_days = self.config.interval_bin_days
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for i, r in enumerate(self.rows):
+            groups[("fine",) + _sig(r, bin_days)].append(i)
+            groups[("coarse",) + _sig(r, None)].append(i)
+            groups[("level", r.level)].append(i)
+        self._groups = {k: np.asarray(v, dtype=np.int64) for k, v in groups.items()}
+        self.epoch = 0
+        self._pairs: list[tuple[int, int, int]] | None = None
+
+    # -- negatives
+    def _draw(self, pool: np.ndarray, exclude: set, rng: np.random.Generator) -> int | None:
+        for _ in range(8):                       # rejection sampling: pools are mostly other subjects
+            i = int(pool[rng.integers(len(pool))])
+            if self.rows[i].subject_key not in exclude:
+                return i
+        cand = [int(i) for i in pool if self.rows[i].subject_key not in exclude]
+        return cand[rng.integers(len(cand))] if cand else None
+
+    def _replacement(self, keep: int, replace: int, rng: np.random.Generator) -> int | None:
+        """A scan of another subject, same level, drawn uniformly among those with the replaced
+        scan's acquisition signature (coarser signatures only when that is empty)."""
+        r_keep, r_rep = self.rows[keep], self.rows[replace]
+        excl = {r_keep.subject_key, r_rep.subject_key}
+        bin_days = self.config.interval_bin_days
+        for key in (("fine",) + _sig(r_rep, bin_days), ("coarse",) + _sig(r_rep, None), ("level", r_rep.level)):
+            pool = self._groups.get(key)
+            if pool is not None and len(pool):
+                x = self._draw(pool, excl, rng)
+                if x is not None:
+                    return x
+        return None
+
+    def _naive_negative(self, a: int, rng) -> int | None:
+        return self._draw(self._groups[("level", self.rows[a].level)], {self.rows[a].subject_key}, rng)
+
+    def epoch_pairs(self, epoch: int) -> list[tuple[int, int, int]]:
+        """All pairs of ``epoch`` (every rank), in order."""
+        rng = np.random.default_rng([self.seed, epoch])
+        pos = list(self.positives)
+        if self.config.balance_levels and pos:
+            by_level: dict[str, list] = defaultdict(list)
+            for p in pos:
+                by_level[self.rows[p[0]].level].append(p)
+            top = max(len(v) for v in by_level.values())
+            pos = []
+            for lvl in sorted(by_level):
+                v = by_level[lvl]
+                extra = [v[j] for j in rng.integers(len(v), size=top - len(v))] if top > len(v) else []
+                pos.extend(v + extra)
+        pairs = [(a, b, 1) for a, b in pos]
+        n_neg = int(round(self.config.neg_per_pos * len(pos)))
+        if n_neg:
+            src = np.concatenate([rng.permutation(len(pos)) for _ in range(math.ceil(n_neg / len(pos)))])[:n_neg]
+            for j in src:
+                a, b = pos[j]
+                if self.config.match_acquisition:
+                    if rng.random() < 0.5:
+                        x = self._replacement(a, b, rng)
+                        pair = (a, x, 0) if x is not None else None
+                    else:
+                        x = self._replacement(b, a, rng)
+                        pair = (x, b, 0) if x is not None else None
+                else:
+                    x = self._naive_negative(a, rng)
+                    pair = (a, x, 0) if x is not None else None
+                if pair is not None:
+                    pairs.append(pair)
+        if self.shuffle:
+            pairs = [pairs[i] for i in rng.permutation(len(pairs))]
+        return pairs
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self._pairs = None
+
+    def _rank_pairs(self) -> list[tuple[int, int, int]]:
+        if self._pairs is None:
+            pairs = self.epoch_pairs(self.epoch)
+            if self.world > 1 and pairs:
+                pad = (-len(pairs)) % self.world
+                pairs = pairs + pairs[:pad]
+                pairs = pairs[self.rank::self.world]
+            self._pairs = pairs
+        return self._pairs
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        return iter(self._rank_pairs())
+
+    def __len__(self) -> int:
+        return len(self._rank_pairs())
+
+
+# --------------------------------------------------------------------------- volume cache
+
+class VolumeCache:
+    """Decoded VB volumes, at the network's input size, as one memory-mapped ``.npy`` per scan
+    (``(7, 9, h, w)`` float16) in ``cache_dir`` — built once (the npz are compressed and
+    full-size), then shared by all loader workers through the OS page cache."""
+
+    def __init__(self, cohort_dir, rows: Sequence[VolumeRow], hw: tuple[int, int] = (224, 224),
+                 cache_dir=None, progress: bool = True):
+        self.cohort_dir = Path(cohort_dir)
+        self.hw = tuple(int(v) for v in hw)
+        self.cache_dir = Path(cache_dir) if cache_dir else self.cohort_dir / "cache" / f"vb_{self.hw[0]}x{self.hw[1]}"
+        self.files = sorted({r.file for r in rows})
+        self._mm: dict[str, np.ndarray] = {}
+        self.build(progress)
+
+    def _cache_path(self, file: str) -> Path:
+        return self.cache_dir / (Path(file).name.replace(".npz", "") + ".npy")
+
+    def build(self, progress: bool = True) -> None:
+        from .progress import track
+
+        todo = []
+        for f in self.files:
+            src, dst = self.cohort_dir / f, self._cache_path(f)
+            if not src.is_file():
+                raise ManifestError("volume file listed in volumes.csv is missing", src)
+            if not dst.is_file() or dst.stat().st_mtime < src.stat().st_mtime:
+                todo.append(f)
+        items = track(todo, desc="caching volumes", unit="scan") if progress and todo else todo
+        for f in items:
+            self._convert(self.cohort_dir / f, self._cache_path(f))
+
+    def _convert(self, src: Path, dst: Path) -> None:
+        try:
+            with np.load(src, allow_pickle=False) as z:
+                vb = z["vb"]
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise ManifestError(f"unreadable volume file ({type(e).__name__})", src) from None
+        if vb.ndim != 4 or tuple(vb.shape[1:]) != VB_SHAPE:
+            raise ManifestError(f"vb array has shape {vb.shape}, expected (7, {', '.join(map(str, VB_SHAPE))})", src)
+        if not np.isfinite(vb).all():
+            raise ManifestError("vb array holds NaN/Inf", src)
+        if self.hw != VB_SHAPE[1:]:
+            import torch
+            import torch.nn.functional as F
+
+            with torch.no_grad():
+                t = F.adaptive_avg_pool3d(torch.from_numpy(vb.astype(np.float32)), (VB_SHAPE[0], *self.hw))
+            vb = t.numpy()
+        with atomic_path(dst, suffix=".npy") as tmp:
+            np.save(tmp, vb.astype(np.float16), allow_pickle=False)
+
+    def volume(self, row: VolumeRow) -> np.ndarray:
+        """``(9, h, w)`` float32 copy of a volume."""
+        mm = self._mm.get(row.file)
+        if mm is None:
+            mm = np.load(self._cache_path(row.file), mmap_mode="r", allow_pickle=False)
+            if not 0 <= row.index < mm.shape[0]:
+                raise ManifestError(f"index {row.index} outside the vb array", self.cohort_dir / row.file)
+            self._mm[row.file] = mm
+        return np.asarray(mm[row.index], dtype=np.float32)
+
+    def __getstate__(self):  # workers re-open their own memory maps
+        d = dict(self.__dict__)
+        d["_mm"] = {}
+        return d
+
+
+class PairDataset:
+    """``dataset[(i, j, y)]`` -> dict ``a``, ``b`` (1, 9, h, w) float32, ``y`` float, ``level``
+    (class index), ``aux_<name>_a/_b`` when the rows carry metadata labels."""
+
+    def __init__(self, rows: Sequence[VolumeRow], cache: VolumeCache):
+        self.rows, self.cache = list(rows), cache
+
+    def __getitem__(self, key):
+        import torch
+
+        i, j, y = key
+        ra, rb = self.rows[i], self.rows[j]
+        out = {"a": torch.from_numpy(self.cache.volume(ra))[None],
+               "b": torch.from_numpy(self.cache.volume(rb))[None],
+               "y": torch.tensor(float(y)), "level": torch.tensor(ra.level_index)}
+        for (name, ca), (_, cb) in zip(ra.aux, rb.aux):
+            out[f"aux_{name}_a"] = torch.tensor(ca)
+            out[f"aux_{name}_b"] = torch.tensor(cb)
+        return out
+
+
+class VolumeDataset:
+    """Single volumes (for embeddings): ``dataset[i]`` -> (1, 9, h, w) float32."""
+
+    def __init__(self, rows: Sequence[VolumeRow], cache: VolumeCache):
+        self.rows, self.cache = list(rows), cache
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        import torch
+
+        return torch.from_numpy(self.cache.volume(self.rows[i]))[None]
+
+
+# --------------------------------------------------------------------------- augmentation
+
+@dataclass
+class AugmentConfig:
+    """The paper's Siamese augmentations (§3.2); translations in pixels/slices of the full-size
+    224x224x9 volume (scaled to the cached size)."""
+
+    rotate_deg: float = 15.0
+    translate_x: float = 48.0       # columns (anterior-posterior)
+    translate_y: float = 24.0       # rows (superior-inferior)
+    translate_z: float = 2.0        # slices
+    scale: tuple = (0.9, 1.1)
+    intensity: float = 0.2          # multiplicative: v * (1 + U(-0.2, 0.2))
+    flip: bool = True               # slice-order reflection, the same for both volumes of a pair
+    enabled: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class PairAugment:
+    """Random augmentation of a batch of pairs on the batch's device (MONAI ``Affine`` resampling;
+    parameters drawn from torch's global RNG so checkpoints can resume exactly).  Each volume gets
+    its own rotation/translation/scale/intensity; the slice-wise flip is drawn once per pair."""
+
+    def __init__(self, config: AugmentConfig, hw: tuple[int, int]):
+        self.config, self.hw = config, tuple(hw)
+        self.px = hw[1] / VB_SHAPE[2], hw[0] / VB_SHAPE[1]
+
+    def _one(self, vol, params):
+        from monai.transforms import Affine
+
+        rot, tz, ty, tx, s, gain = params
+        aff = Affine(rotate_params=(rot, 0.0, 0.0), translate_params=(tz, ty, tx), scale_params=(1.0, s, s),
+                     padding_mode="zeros", mode="bilinear", image_only=True, device=vol.device)
+        out = aff(vol)
+        out = out.as_tensor() if hasattr(out, "as_tensor") else out
+        return out * gain
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+
+        c = self.config
+        if not c.enabled:
+            return batch
+        a, b = batch["a"], batch["b"]
+        n = a.shape[0]
+        u = torch.rand(2 * n, 6)       # CPU generator: part of the saved RNG state
+        flip = torch.rand(n) < 0.5 if c.flip else torch.zeros(n, dtype=torch.bool)
+        outs = []
+        for k, vol in enumerate(torch.cat([a, b], 0)):
+            p = u[k]
+            params = (float((2 * p[0] - 1) * math.radians(c.rotate_deg)),
+                      float((2 * p[1] - 1) * c.translate_z),
+                      float((2 * p[2] - 1) * c.translate_y * self.px[1]),
+                      float((2 * p[3] - 1) * c.translate_x * self.px[0]),
+                      float(c.scale[0] + p[4] * (c.scale[1] - c.scale[0])),
+                      float(1 + (2 * p[5] - 1) * c.intensity))
+            v = self._one(vol.float(), params)
+            if flip[k % n]:
+                v = torch.flip(v, dims=(1,))
+            outs.append(v.to(vol.dtype))
+        out = torch.stack(outs, 0)
+        batch = dict(batch)
+        batch["a"], batch["b"] = out[:n].contiguous(memory_format=_fmt(a)), out[n:].contiguous(memory_format=_fmt(b))
+        return batch
+
+
+def _fmt(t):
+    import torch
+
+    return torch.channels_last_3d if t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d) \
+        and not t.is_contiguous() else torch.contiguous_format
+
+
+# --------------------------------------------------------------------------- convenience
+
+def level_counts(rows: Sequence[VolumeRow]) -> list[int]:
+    c = [0] * len(LEVEL_NAMES)
+    for r in rows:
+        c[r.level_index] += 1
+    return c
+
+
+def rows_in(rows: Sequence[VolumeRow], subjects) -> list[VolumeRow]:
+    subjects = set(subjects)
+    return [r for r in rows if r.subject_key in subjects]

@@ -818,3 +818,90 @@ def segment_info(node) -> list[dict]:
                 tags[key] = str(ref)
         out.append({"name": s.GetName(), "color": tuple(round(c, 4) for c in s.GetColor()), "tags": tags})
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# the module's workflow on one volume (used by the Slicer module's Logic and the batch script)
+
+def output_names(volume_name: str) -> dict[str, str]:
+    """Scene node names of the outputs, named after the input volume."""
+    return {"levels": volume_name + LEVELS_SUFFIX, "segmentation": volume_name + SEGMENTATION_SUFFIX,
+            "table": volume_name + TABLE_SUFFIX, "plot": volume_name + PLOT_SUFFIX}
+
+
+def file_stem(volume_name: str) -> str:
+    """A file-system-safe stem from a node name."""
+    import re
+
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", volume_name).strip("._")
+    return stem or "volume"
+
+
+@dataclass
+class SceneOutputs:
+    scan: Scan
+    levels: LevelSet  # as used by the extraction (corners estimated where missing)
+    volumes: object  # extract.ScanVolumes
+    results: list
+    levels_node: object = None
+    segmentation_node: object = None
+    table_node: object = None
+    plot_node: object = None
+
+
+def prepared_levels(scan: Scan, levels: LevelSet) -> LevelSet:
+    """The levels as ``extract.extract_scan`` uses them: inside the volume, corners estimated
+    from neighbouring centres where only centres were given."""
+    from .levels import check_in_volume, estimate_corners
+
+    normal = scan.affine[:3, 2] / np.linalg.norm(scan.affine[:3, 2])
+    return estimate_corners(check_in_volume(levels, scan), normal)
+
+
+def extract_in_scene(volume_node, levels: LevelSet, config=None):
+    """Extract the VB/IVD volumes of a volume node: (Scan in LPS, levels used, ScanVolumes)."""
+    from . import extract
+
+    scan = scan_from_volume_node(volume_node)
+    volumes = extract.extract_scan(scan, levels, config)
+    return scan, prepared_levels(scan, levels), volumes
+
+
+def _node_by_name(scene, name: str, cls: str):
+    node = scene.GetFirstNodeByName(name)
+    return node if node is not None and node.IsA(cls) else None
+
+
+def show_results(scene, volume_node, scan: Scan, levels: LevelSet, volumes,
+                 results: Sequence[StructureResult] = ()) -> SceneOutputs:
+    """Create (or update, when they exist) the output nodes of one volume."""
+    names = output_names(volume_node.GetName())
+    out = SceneOutputs(scan, levels, volumes, list(results))
+    out.levels_node = markups_from_levels(
+        scene, levels, names["levels"],
+        node=_node_by_name(scene, names["levels"], "vtkMRMLMarkupsFiducialNode"))
+    out.segmentation_node = segmentation_from_shapes(
+        scene, structure_shapes(levels, volumes), results, names["segmentation"], scan.affine, volume_node,
+        node=_node_by_name(scene, names["segmentation"], "vtkMRMLSegmentationNode"))
+    if results:
+        out.table_node = table_from_results(scene, results, names["table"],
+                                            node=_node_by_name(scene, names["table"], "vtkMRMLTableNode"))
+        old = _node_by_name(scene, names["plot"], "vtkMRMLPlotChartNode")
+        if old is not None:
+            series = [old.GetNthPlotSeriesNode(i) for i in range(old.GetNumberOfPlotSeriesNodes())]
+            for n in series + [old]:
+                scene.RemoveNode(n)
+        if _n_classes(results):
+            out.plot_node = plot_from_table(scene, out.table_node, names["plot"])
+    grade_color_table(scene)
+    return out
+
+
+def save_outputs(outputs: SceneOutputs, out_dir, stem: str) -> dict[str, Path]:
+    """``<stem>.mrk.json``, ``<stem>.seg.nrrd`` and ``<stem>.csv`` (+ schema) in ``out_dir``."""
+    out_dir = Path(out_dir)
+    files = {"levels": save_markups(outputs.levels_node, out_dir / f"{stem}.mrk.json"),
+             "segmentation": save_segmentation(outputs.segmentation_node, out_dir / f"{stem}.seg.nrrd")}
+    if outputs.table_node is not None:
+        files["table"] = save_table(outputs.table_node, out_dir / f"{stem}.csv")
+    return files

@@ -1,0 +1,178 @@
+"""The module workflow through the MRML scene layer on a real synthetic subject (slicer-core).
+
+Ground truth: the synthetic cohort's truth JSON (levels, disc centroids and grades, in LPS), its
+label map (read by Slicer's own reader), and the file-based pipeline (io -> levels -> extract).
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import slicer  # slicer-core: real MRML classes
+
+from SpineSSLLib import DISC_NAMES, LEVEL_NAMES
+from SpineSSLLib import scene as S
+from SpineSSLLib.cli import main as cli
+from SpineSSLLib.extract import extract_scan
+from SpineSSLLib.io import read_scan
+from SpineSSLLib.levels import from_truth_json
+
+SPIDER_VB_LABEL = {"T12": 6, "L1": 5, "L2": 4, "L3": 3, "L4": 2, "L5": 1}
+
+
+@pytest.fixture(scope="module")
+def subject(tmp_path_factory):
+    """One synthetic subject with two visits, written as DICOM by `spine-ssl synth`."""
+    root = tmp_path_factory.mktemp("synth") / "cohort"
+    assert cli(["-q", "synth", str(root), "--preset", "tiny", "--subjects", "1", "--seed", "3"]) == 0
+    truths = sorted((root / "truth").glob("*.json"))
+    scans = []
+    for t in truths:
+        doc = json.loads(t.read_text())
+        scans.append({"truth": t, "doc": doc, "dicom": root / doc["dicom_dir"],
+                      "labels": root / "truth" / doc["labelmap"]})
+    scans.sort(key=lambda s: s["doc"]["visit"])
+    assert len(scans) >= 1
+    return scans
+
+
+@pytest.fixture(scope="module")
+def baseline(subject):
+    """Visit 0 through the file pipeline and through the scene layer (Slicer's DICOM reader)."""
+    s = subject[0]
+    scan_files = read_scan(s["dicom"])
+    levels = from_truth_json(s["truth"])
+    vol_files = extract_scan(scan_files, levels)
+    scene = slicer.vtkMRMLScene()
+    node = S.load_volume(scene, s["dicom"], name="spine T2")
+    return dict(s, scan_files=scan_files, levels=levels, vol_files=vol_files, scene=scene, node=node)
+
+
+def _ras_to_ijk(node, ras):
+    m = S.volume_to_world_ras(node)
+    return np.linalg.solve(m, np.r_[ras, 1.0])[:3]
+
+
+def test_synthetic_dicom_loads_as_volume_node_whose_ras_matches_the_truth(baseline):
+    node = baseline["node"]
+    scan = S.scan_from_volume_node(node)
+    # Slicer's reader and SpineSSLLib's reader see the same image at the same patient positions
+    a, b = baseline["scan_files"], scan
+    assert sorted(a.array.shape) == sorted(b.array.shape)
+    K, J, I = a.array.shape
+    kk, jj, ii = np.meshgrid(np.arange(K), np.arange(J), np.arange(I), indexing="ij")
+    lps = a.index_to_lps(np.stack([ii, jj, kk], -1).reshape(-1, 3))
+    ijk = np.rint(b.lps_to_index(lps)).astype(int)
+    assert np.abs(b.lps_to_index(lps) - ijk).max() < 1e-3
+    assert np.allclose(b.array[ijk[:, 2], ijk[:, 1], ijk[:, 0]], a.array.reshape(-1), atol=0.51)
+    # the truth label map (NIfTI, read by Slicer) has each VB's label at its truth centroid, in RAS
+    labels = S.load_volume(baseline["scene"], baseline["labels"], name="labels")
+    lab = slicer.util.arrayFromVolume(labels)
+    for level in baseline["levels"]:
+        if level.name not in SPIDER_VB_LABEL:
+            continue
+        i, j, k = np.rint(_ras_to_ijk(labels, S.ras_from_lps(level.centroid))).astype(int)
+        assert lab[k, j, i] == SPIDER_VB_LABEL[level.name], level.name
+        # and the same RAS point is inside the image volume node
+        i2, j2, k2 = _ras_to_ijk(node, S.ras_from_lps(level.centroid))
+        assert 0 <= k2 < node.GetImageData().GetDimensions()[2]
+
+
+def test_extraction_through_the_scene_equals_extraction_from_files(baseline, tmp_path):
+    scene = baseline["scene"]
+    markups = S.markups_from_levels(scene, baseline["levels"], "spine T2 levels")
+    path = S.save_markups(markups, tmp_path / "levels.mrk.json")
+    reloaded = S.load_markups(slicer.vtkMRMLScene(), path)
+    levels = S.levels_from_markups(reloaded)
+    assert levels.names == baseline["levels"].names
+    scan, used, vols = S.extract_in_scene(baseline["node"], levels)
+    ref = baseline["vol_files"]
+    assert np.array_equal(vols.vb_present, ref.vb_present) and np.array_equal(vols.ivd_present, ref.ivd_present)
+    assert vols.vb_present.all() and vols.ivd_present.all()
+    assert np.allclose(vols.vb_affine, ref.vb_affine, atol=1e-4)
+    assert np.allclose(vols.ivd_affine, ref.ivd_affine, atol=1e-4)
+    assert np.abs(vols.vb - ref.vb).max() < 1e-3
+    assert np.abs(vols.ivd - ref.ivd).max() < 1e-3
+
+
+@pytest.fixture(scope="module")
+def shown(baseline):
+    """Truth grades shown in the scene as the module shows predicted ones."""
+    doc = baseline["doc"]
+    grades = {d["name"]: d["grade"] for d in doc["discs"]}
+    # class probabilities: a distribution peaked on the truth grade (real grade dictionaries, no model)
+    probs = {d: [0.7 if g == c else 0.1 for c in (1, 2, 3, 4)] for d, g in grades.items() if g is not None}
+    results = S.results_from_grades(grades, probs)
+    scan, levels, vols = S.extract_in_scene(baseline["node"], baseline["levels"])
+    out = S.show_results(baseline["scene"], baseline["node"], scan, levels, vols, results)
+    return dict(baseline, out=out, grades=grades, results=results)
+
+
+def test_grades_become_named_coloured_segments_table_and_locked_markups(shown):
+    out, grades = shown["out"], shown["grades"]
+    assert out.levels_node.GetName() == "spine T2 levels" and out.levels_node.GetLocked()
+    assert out.segmentation_node.GetName() == "spine T2 structures"
+    assert out.table_node.GetName() == "spine T2 grades"
+    assert out.plot_node.GetName() == "spine T2 probabilities"
+    assert out.plot_node.GetNumberOfPlotSeriesNodes() == 4
+    info = {s["name"]: s for s in S.segment_info(out.segmentation_node)}
+    assert set(info) == set(LEVEL_NAMES) | set(DISC_NAMES)
+    for disc in DISC_NAMES:
+        g = grades[disc]
+        assert info[disc]["color"] == tuple(round(c, 4) for c in S.GRADE_COLORS[g])
+        assert info[disc]["tags"][S.GRADE_TAG] == ("" if g is None else str(g))
+        assert "SCT^360499006^Intervertebral disc" in info[disc]["tags"]["TerminologyEntry"]
+    assert "SCT^11994002^L4 vertebra" in info["L4"]["tags"]["TerminologyEntry"]
+    # the table holds the same grades and probabilities
+    back = {r.name: r for r in S.results_from_table(out.table_node)}
+    for r in shown["results"]:
+        assert back[r.name].grade == r.grade
+        assert back[r.name].probabilities == pytest.approx(r.probabilities)
+
+
+def test_segment_centroids_are_within_2mm_of_the_truth_in_ras(shown):
+    centroids = S.segment_centroids(shown["out"].segmentation_node)
+    errors = {}
+    for d in shown["doc"]["discs"]:
+        errors[d["name"]] = np.linalg.norm(centroids[d["name"]] - S.ras_from_lps(d["centroid_lps"]))
+    for level in shown["levels"]:
+        errors[level.name] = np.linalg.norm(centroids[level.name] - S.ras_from_lps(level.centroid))
+    worst = max(errors, key=errors.get)
+    assert errors[worst] < 2.0, errors
+    # in LPS the same centroids would be far off: the scene really is RAS
+    d0 = shown["doc"]["discs"][3]
+    assert np.linalg.norm(centroids[d0["name"]] - np.asarray(d0["centroid_lps"])) > 10
+
+
+def test_saved_outputs_load_back_identical(shown, tmp_path):
+    out = shown["out"]
+    files = S.save_outputs(out, tmp_path, S.file_stem("spine T2"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "spine_T2.csv", "spine_T2.mrk.json", "spine_T2.schema.csv", "spine_T2.seg.nrrd"]
+    scene = slicer.vtkMRMLScene()
+    seg = S.load_segmentation(scene, files["segmentation"])
+    assert S.segment_info(seg) == S.segment_info(out.segmentation_node)
+    c0, c1 = S.segment_centroids(out.segmentation_node), S.segment_centroids(seg)
+    assert all(np.allclose(c0[k], c1[k], atol=1e-6) for k in c0)
+    grid, f = S.segmentation_grid(out.scan.affine)
+    K, J, I = out.scan.array.shape
+    shape = (K * f, J, I)
+    for name in ("L4-L5", "L4"):
+        assert np.array_equal(S.segment_mask(seg, name, grid, shape),
+                              S.segment_mask(out.segmentation_node, name, grid, shape))
+    levels = S.levels_from_markups(S.load_markups(scene, files["levels"]))
+    assert levels.to_dict()["levels"] == S.levels_from_markups(out.levels_node).to_dict()["levels"]
+    assert S.results_from_table(S.load_table(scene, files["table"])) == S.results_from_table(out.table_node)
+    # no identifiers in what was written
+    text = b"".join(Path(p).read_bytes() for p in files.values())
+    assert b"PatientName" not in text and shown["doc"]["subject_id"].encode() not in text
+
+
+def test_showing_again_updates_the_same_nodes(shown):
+    scene, out = shown["scene"], shown["out"]
+    before = [scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())]
+    again = S.show_results(scene, shown["node"], out.scan, out.levels, out.volumes, shown["results"])
+    assert again.segmentation_node is out.segmentation_node and again.levels_node is out.levels_node
+    after = [scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())]
+    assert len(after) == len(before), sorted(set(after) - set(before))

@@ -8,6 +8,7 @@ Conventions used everywhere in SpineSSLLib:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,3 +40,416 @@ class Scan:
         lps = np.asarray(lps, dtype=np.float64)
         inv = np.linalg.inv(self.affine)
         return lps @ inv[:3, :3].T + inv[:3, 3]
+
+
+# --------------------------------------------------------------------------------------------
+# DICOM headers
+# --------------------------------------------------------------------------------------------
+
+DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
+IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+_UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}
+
+
+@dataclass
+class DicomHeader:
+    """Header facts of one DICOM image file (read without pixel data).
+
+    ``patient_id``/``patient_name``/``study_date`` are identifying: they live only in memory,
+    are used for grouping and pseudonymous keys, and are never written by SpineSSL.
+    """
+
+    path: str
+    series_uid: str
+    study_uid: str
+    patient_id: str
+    patient_name: str
+    study_date: str
+    series_description: str
+    series_number: int | None
+    echo_time: float | None
+    field_strength: float | None
+    iop: np.ndarray | None  # (6,)
+    ipp: np.ndarray | None  # (3,)
+    pixel_spacing: np.ndarray | None  # (2,) row spacing, column spacing
+    rows: int
+    columns: int
+    instance_number: int | None
+    slice_thickness: float | None
+    frames: int
+    manufacturer: str = ""
+
+
+def is_image_file(path) -> bool:
+    name = str(path).lower()
+    return any(name.endswith(s) for s in IMAGE_SUFFIXES)
+
+
+def _float(v) -> float | None:
+    try:
+        return None if v is None or v == "" else float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _int(v) -> int | None:
+    try:
+        return None if v is None or v == "" else int(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _vec(v, n: int) -> np.ndarray | None:
+    if v is None:
+        return None
+    try:
+        a = np.array([float(x) for x in v], dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return a if a.shape == (n,) and np.all(np.isfinite(a)) else None
+
+
+def read_header(path) -> DicomHeader | None:
+    """Read one file's header (no pixel data).
+
+    Returns ``None`` for files that are not DICOM images (text files, DICOMDIR, structured
+    reports...).  Raises ``DicomError`` for a DICOM file that is truncated or has no pixel data.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    from .errors import DicomError
+
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError as e:
+        raise DicomError(f"cannot read file ({e.strerror or type(e).__name__})", path) from e
+    has_preamble = len(head) == 132 and head[128:132] == b"DICM"
+    try:
+        # defer_size: big values (pixel data) are skipped, their offset and length recorded
+        ds = pydicom.dcmread(path, defer_size=1024, force=not has_preamble)
+    except InvalidDicomError:
+        return None
+    except Exception as e:  # pydicom raises many types on corrupt input
+        if has_preamble:
+            raise DicomError(f"unreadable DICOM ({type(e).__name__}: {str(e).splitlines()[0][:120]})", path) from e
+        return None
+    meta_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or "")
+    if meta_class == DICOMDIR_CLASS:
+        return None
+    if "SeriesInstanceUID" not in ds or "SOPClassUID" not in ds:
+        if has_preamble:
+            raise DicomError("truncated or incomplete DICOM (no SeriesInstanceUID/SOPClassUID)", path)
+        return None
+    if "Rows" not in ds or "Columns" not in ds:
+        return None  # not an image (report, presentation state...)
+    raw = ds._dict.get(0x7FE00010)  # PixelData, possibly deferred
+    if raw is None:
+        raise DicomError("missing pixel data", path)
+    tell, length = getattr(raw, "value_tell", None), getattr(raw, "length", None)
+    if tell is not None and length not in (None, 0xFFFFFFFF) and tell + length > os.path.getsize(path):
+        raise DicomError(f"truncated DICOM (pixel data needs {tell + length} bytes, file has "
+                         f"{os.path.getsize(path)})", path)
+    name = ds.get("PatientName", "")
+    return DicomHeader(
+        path=path,
+        series_uid=str(ds.SeriesInstanceUID),
+        study_uid=str(ds.get("StudyInstanceUID", "")),
+        patient_id=str(ds.get("PatientID", "") or ""),
+        patient_name=str(name or ""),
+        study_date=str(ds.get("StudyDate", "") or ds.get("SeriesDate", "") or ""),
+        series_description=str(ds.get("SeriesDescription", "") or ds.get("ProtocolName", "") or ""),
+        series_number=_int(ds.get("SeriesNumber")),
+        echo_time=_float(ds.get("EchoTime")),
+        field_strength=_float(ds.get("MagneticFieldStrength")),
+        iop=_vec(ds.get("ImageOrientationPatient"), 6),
+        ipp=_vec(ds.get("ImagePositionPatient"), 3),
+        pixel_spacing=_vec(ds.get("PixelSpacing"), 2),
+        rows=int(ds.Rows),
+        columns=int(ds.Columns),
+        instance_number=_int(ds.get("InstanceNumber")),
+        slice_thickness=_float(ds.get("SliceThickness")),
+        frames=_int(ds.get("NumberOfFrames")) or 1,
+        manufacturer=str(ds.get("Manufacturer", "") or ""),
+    )
+
+
+def iter_files(root) -> list[str]:
+    """All regular files under ``root`` (any nesting, any names), sorted, hidden files skipped."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out.extend(os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith("."))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Series geometry
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class SeriesGeometry:
+    headers: list  # DicomHeader, ordered along the slice normal
+    affine: np.ndarray  # 4x4 (i, j, k, 1) -> LPS
+    normal: np.ndarray  # unit slice normal (direction of increasing k)
+    slice_spacing: float
+    obliquity_deg: float  # angle between the slice normal and the left-right axis
+
+    @property
+    def orientation(self) -> str:
+        return plane_name(self.normal)
+
+
+def plane_name(normal) -> str:
+    ax = int(np.argmax(np.abs(np.asarray(normal))))
+    return ("sagittal", "coronal", "axial")[ax]
+
+
+def obliquity_deg(normal) -> float:
+    """Angle (degrees) between a slice normal and the patient left-right axis."""
+    n = np.asarray(normal, dtype=np.float64)
+    n = n / np.linalg.norm(n)
+    return float(np.degrees(np.arccos(min(1.0, abs(n[0])))))
+
+
+def series_geometry(headers: list, where: str | None = None, spacing_tol: float = 0.05,
+                    max_oblique_deg: float | None = 30.0) -> SeriesGeometry:
+    """Order the files of one series along the slice normal and build its voxel->LPS affine.
+
+    Slices are ordered by ImagePositionPatient projected on the normal (IOP row x column
+    cosines), never by file name or InstanceNumber.  Raises ``DicomError``/``GeometryError``
+    for mixed series, single slices, missing/irregular geometry, non-sagittal or too-oblique
+    orientation (``max_oblique_deg``; ``None`` skips the orientation check).
+    ``spacing_tol`` is the largest allowed deviation of a slice gap from the median gap, in mm.
+    """
+    from .errors import DicomError, GeometryError
+
+    if not headers:
+        raise DicomError("no DICOM images", where)
+    where = where or os.path.dirname(headers[0].path)
+    uids = {h.series_uid for h in headers}
+    if len(uids) > 1:
+        raise DicomError(f"mixed series: {len(uids)} SeriesInstanceUIDs in one series", where)
+    for h in headers:
+        if h.iop is None or h.ipp is None or h.pixel_spacing is None:
+            raise GeometryError("missing ImageOrientationPatient/ImagePositionPatient/PixelSpacing", h.path)
+        if h.frames != 1:
+            raise DicomError(f"multi-frame images ({h.frames} frames) are not supported", h.path)
+    ref = headers[0]
+    for h in headers[1:]:
+        if (h.rows, h.columns) != (ref.rows, ref.columns):
+            raise DicomError(f"mixed series: matrix {h.rows}x{h.columns} vs {ref.rows}x{ref.columns}", h.path)
+        if np.max(np.abs(h.iop - ref.iop)) > 1e-3:
+            raise DicomError("mixed series: slices with different ImageOrientationPatient", h.path)
+        if np.max(np.abs(h.pixel_spacing - ref.pixel_spacing)) > 1e-3:
+            raise GeometryError("inconsistent PixelSpacing within the series", h.path)
+    if len(headers) < 2:
+        raise GeometryError("single-slice series (a 3D sagittal stack is needed)", where)
+    rc, cc = ref.iop[:3], ref.iop[3:]
+    rc, cc = rc / np.linalg.norm(rc), cc / np.linalg.norm(cc)
+    if abs(float(rc @ cc)) > 1e-3:
+        raise GeometryError("ImageOrientationPatient row/column cosines are not orthogonal", ref.path)
+    normal = np.cross(rc, cc)
+    pos = np.array([h.ipp @ normal for h in headers])
+    order = np.argsort(pos, kind="stable")
+    headers = [headers[i] for i in order]
+    pos = pos[order]
+    gaps = np.diff(pos)
+    if np.any(gaps < 1e-3):
+        i = int(np.argmin(gaps))
+        raise DicomError(f"two slices at the same position ({os.path.basename(headers[i].path)}, "
+                         f"{os.path.basename(headers[i + 1].path)}): duplicate or mixed series", where)
+    step = float(np.median(gaps))
+    if np.max(np.abs(gaps - step)) > spacing_tol:
+        raise GeometryError(f"inconsistent slice spacing (gaps {gaps.min():.2f}..{gaps.max():.2f} mm)", where)
+    first, last = headers[0].ipp, headers[-1].ipp
+    kvec = (last - first) / (len(headers) - 1)
+    if np.linalg.norm(kvec - normal * step) > max(0.01, 0.01 * step):
+        raise GeometryError("slices are sheared (positions do not follow the slice normal, "
+                            "e.g. gantry tilt)", where)
+    dr, dc = ref.pixel_spacing  # row spacing, column spacing
+    affine = np.eye(4)
+    affine[:3, 0] = rc * dc
+    affine[:3, 1] = cc * dr
+    affine[:3, 2] = normal * step
+    affine[:3, 3] = first
+    obl = obliquity_deg(normal)
+    if max_oblique_deg is not None:
+        if plane_name(normal) != "sagittal":
+            raise GeometryError(f"not sagittal ({plane_name(normal)} slices)", where)
+        if obl > max_oblique_deg:
+            raise GeometryError(f"oblique sagittal: {obl:.1f} deg from true sagittal "
+                                f"(limit {max_oblique_deg:g})", where)
+    return SeriesGeometry(headers, affine, normal, step, obl)
+
+
+# --------------------------------------------------------------------------------------------
+# Pixel data
+# --------------------------------------------------------------------------------------------
+
+def check_content(array: np.ndarray, where) -> None:
+    """Raise ``ImageContentError`` for NaN/Inf or constant images."""
+    from .errors import ImageContentError
+
+    if not np.all(np.isfinite(array)):
+        raise ImageContentError("image holds NaN or Inf values", where)
+    if array.size == 0 or float(array.max()) == float(array.min()):
+        raise ImageContentError("constant image (no contrast)", where)
+
+
+def _read_pixels(path: str) -> np.ndarray:
+    import pydicom
+
+    from .errors import DicomError
+
+    try:
+        ds = pydicom.dcmread(path)
+        if "PixelData" not in ds:
+            raise DicomError("missing pixel data", path)
+        px = ds.pixel_array
+    except DicomError:
+        raise
+    except Exception as e:
+        raise DicomError(f"cannot decode pixel data ({type(e).__name__}: {str(e).splitlines()[0][:120]})", path) from e
+    slope = _float(ds.get("RescaleSlope"))
+    icpt = _float(ds.get("RescaleIntercept"))
+    out = px.astype(np.float32)
+    if slope is not None and slope != 1.0:
+        out *= np.float32(slope)
+    if icpt:
+        out += np.float32(icpt)
+    return out
+
+
+def read_dicom_series(source, max_oblique_deg: float | None = 30.0, spacing_tol: float = 0.05,
+                      headers: list | None = None) -> Scan:
+    """Read a DICOM series into a ``Scan``.
+
+    ``source``: a folder holding exactly one series, or a list of file paths.  ``headers`` (from
+    ``read_header``) may be passed to avoid reading them twice.  ``Scan.meta`` holds
+    non-identifying facts plus ``series_instance_uid`` (used to look up level files).
+    """
+    from .errors import DicomError
+
+    if headers is None:
+        if isinstance(source, (str, os.PathLike)):
+            if not os.path.isdir(source):
+                raise DicomError("not a folder of DICOM files", source)
+            files, where = iter_files(source), os.fspath(source)
+        else:
+            files = [os.fspath(p) for p in source]
+            where = os.path.dirname(files[0]) if files else None
+        headers = [h for h in (read_header(f) for f in files) if h is not None]
+        if not headers:
+            raise DicomError("no DICOM images found", where)
+    else:
+        where = os.path.dirname(headers[0].path) if headers else None
+    geom = series_geometry(headers, where, spacing_tol=spacing_tol, max_oblique_deg=max_oblique_deg)
+    ref = geom.headers[0]
+    array = np.empty((len(geom.headers), ref.rows, ref.columns), dtype=np.float32)
+    for k, h in enumerate(geom.headers):
+        px = _read_pixels(h.path)
+        if px.shape != (ref.rows, ref.columns):
+            raise DicomError(f"pixel data shape {px.shape} does not match Rows/Columns", h.path)
+        array[k] = px
+    check_content(array, where)
+    meta = {
+        "format": "dicom",
+        "series_instance_uid": ref.series_uid,
+        "series_description": ref.series_description,
+        "echo_time_ms": ref.echo_time,
+        "field_strength": ref.field_strength,
+        "obliquity_deg": geom.obliquity_deg,
+        "n_files": len(geom.headers),
+    }
+    return Scan(array, geom.affine, meta)
+
+
+# --------------------------------------------------------------------------------------------
+# NIfTI / NRRD / MHA (SimpleITK)
+# --------------------------------------------------------------------------------------------
+
+def read_image(path, sagittal: bool = True) -> Scan:
+    """Read a NIfTI/NRRD/MHA volume with SimpleITK into a ``Scan`` (LPS, as ITK).
+
+    With ``sagittal`` (default) the axes are permuted (not resampled) so that ``k`` is the
+    axis closest to left-right, ``j`` the remaining axis closest to superior-inferior and ``i``
+    the anterior-posterior one, matching the DICOM sagittal convention.
+    """
+    import SimpleITK as sitk
+
+    from .errors import InputError
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise InputError("file not found", path)
+    try:
+        img = sitk.ReadImage(path)
+    except Exception as e:
+        raise InputError(f"cannot read image ({str(e).strip().splitlines()[-1][:120]})", path) from e
+    if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"expected a 3D scalar image, got {img.GetDimension()}D with "
+                         f"{img.GetNumberOfComponentsPerPixel()} component(s)", path)
+    arr = sitk.GetArrayFromImage(img)  # (z, y, x) = (k, j, i)
+    d = np.array(img.GetDirection(), dtype=np.float64).reshape(3, 3)
+    affine = np.eye(4)
+    affine[:3, :3] = d * np.array(img.GetSpacing())[None, :]
+    affine[:3, 3] = img.GetOrigin()
+    scan = Scan(arr, affine, {"format": os.path.basename(path).split(".", 1)[-1].lower()})
+    if sagittal:
+        scan = to_sagittal_axes(scan)
+    return scan
+
+
+def axis_permutation_for_sagittal(affine) -> tuple[int, int, int]:
+    """Voxel axes (i, j, k order) chosen so that k ~ L-R, j ~ S-I, i ~ A-P."""
+    dirs = np.abs(np.asarray(affine)[:3, :3] / np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
+    k_ax = int(np.argmax(dirs[0]))
+    rest = [a for a in range(3) if a != k_ax]
+    j_ax = max(rest, key=lambda a: dirs[2, a])
+    i_ax = [a for a in rest if a != j_ax][0]
+    return i_ax, j_ax, k_ax
+
+
+def to_sagittal_axes(scan: Scan) -> Scan:
+    """Permute voxel axes so k is the left-right axis (no resampling, no flips)."""
+    perm = axis_permutation_for_sagittal(scan.affine)
+    if perm == (0, 1, 2):
+        arr = np.ascontiguousarray(scan.array, dtype=np.float32)
+        return Scan(arr, scan.affine, dict(scan.meta))
+    # array axes are (k, j, i) = voxel axes (2, 1, 0)
+    arr_axes = [2 - perm[2], 2 - perm[1], 2 - perm[0]]
+    arr = np.ascontiguousarray(np.transpose(scan.array, arr_axes), dtype=np.float32)
+    aff = np.eye(4)
+    aff[:3, :3] = scan.affine[:3, list(perm)]
+    aff[:3, 3] = scan.affine[:3, 3]
+    return Scan(arr, aff, dict(scan.meta))
+
+
+def read_scan(path, max_oblique_deg: float | None = 30.0) -> Scan:
+    """A folder -> DICOM series; a .nii/.nii.gz/.nrrd/.mha/.mhd file -> SimpleITK."""
+    from .errors import InputError
+
+    if os.path.isdir(path):
+        return read_dicom_series(path, max_oblique_deg=max_oblique_deg)
+    if is_image_file(path):
+        scan = read_image(path)
+        check_content(scan.array, path)
+        if max_oblique_deg is not None:
+            check_sagittal(scan.affine, path, max_oblique_deg)
+        return scan
+    raise InputError("not a folder of DICOM files nor a NIfTI/NRRD/MHA image", path)
+
+
+def check_sagittal(affine, where, max_oblique_deg: float = 30.0) -> None:
+    from .errors import GeometryError
+
+    a = np.asarray(affine)[:3, :3]
+    normal = np.cross(a[:, 0], a[:, 1])
+    if plane_name(normal) != "sagittal":
+        raise GeometryError(f"not sagittal ({plane_name(normal)} slices)", where)
+    obl = obliquity_deg(normal)
+    if obl > max_oblique_deg:
+        raise GeometryError(f"oblique sagittal: {obl:.1f} deg from true sagittal (limit {max_oblique_deg:g})", where)

@@ -1,0 +1,466 @@
+"""Cohort indexing (``spine-ssl index ROOT --out C``): series grouping, sagittal T2 selection,
+pseudonymous keys.
+
+Headers only (no pixel data) are read.  Files are grouped by SeriesInstanceUID, each series'
+geometry is checked (``io.series_geometry``: slices ordered by ImagePositionPatient projected
+on the slice normal), one sagittal T2 series is selected per study, and subjects/time points
+are keyed without identifiers:
+
+- ``subject_key`` = salted SHA-256 of PatientID, ``scan_key``/``study_key`` = salted SHA-256 of
+  the Series/StudyInstanceUID; the salt is drawn once per cohort (``C/cohort_salt.txt``);
+- ``interval_days`` = days since the subject's first selected scan (StudyDate), ``timepoint``
+  its rank; dates themselves are never written;
+- ``family`` = salted hash of a user-supplied family/twin id (``--families CSV``);
+- ``C/sources.csv`` maps each scan_key to salted hashes of its files' paths relative to ROOT,
+  so ``extract`` finds the files again without any path (which may hold names) being stored.
+
+NIfTI/NRRD/MHA cohorts (e.g. SPIDER ``<patient>_t2.mha``) are indexed from a table
+(``--table CSV``: ``file``, ``subject``, ``date`` or ``interval_days``, optional ``family``).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import atomic
+from .errors import ConfigError, InputError, ManifestError, SpineSSLError
+
+SCHEMA = "spinessl.index/1"
+SERIES_COLUMNS = [
+    "scan_key", "subject_key", "study_key", "timepoint", "interval_days", "family", "status", "reason",
+    "format", "description", "t2_by", "echo_time_ms", "field_strength", "manufacturer", "rows", "columns",
+    "slices", "pixel_spacing_mm", "slice_spacing_mm", "slice_thickness_mm", "orientation", "obliquity_deg",
+    "orientation_ok", "n_files",
+]
+ERROR_COLUMNS = ["file", "stage", "error_type", "message"]
+
+
+@dataclass
+class IndexConfig:
+    """Series-selection rules; override with a JSON file (``--config``) holding any of these keys."""
+
+    t2_pattern: str = r"t2"  # SeriesDescription/ProtocolName regex (case-insensitive) meaning T2
+    exclude_pattern: str = r"t1|stir|flair|dwi|dixon|scout|locali[sz]er|survey|myelo"
+    min_t2_echo_ms: float = 60.0  # series without a telling description: T2 if TE >= this
+    max_oblique_deg: float = 30.0
+    spacing_tol_mm: float = 0.05  # allowed deviation of a slice gap from the median gap
+    prefer: str = "most_slices"  # tie-break among T2 sagittal series of a study: most_slices | last | first
+
+    def __post_init__(self):
+        for k in ("t2_pattern", "exclude_pattern"):
+            try:
+                re.compile(getattr(self, k))
+            except re.error as e:
+                raise ConfigError(f"{k}: invalid regular expression ({e})") from e
+        if self.prefer not in ("most_slices", "last", "first"):
+            raise ConfigError(f"prefer must be most_slices, last or first, got {self.prefer!r}")
+
+    @classmethod
+    def from_file(cls, path) -> "IndexConfig":
+        try:
+            with open(path, encoding="utf-8") as f:
+                d = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"cannot read index config ({type(e).__name__})", path) from e
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f"unknown key(s) {sorted(unknown)}; allowed: {sorted(names)}", path)
+        return cls(**d)
+
+
+# --------------------------------------------------------------------------------------------
+# Keys and privacy
+# --------------------------------------------------------------------------------------------
+
+def load_or_create_salt(cohort_dir) -> str:
+    p = Path(cohort_dir) / "cohort_salt.txt"
+    if p.exists():
+        salt = p.read_text(encoding="utf-8").strip()
+        if len(salt) < 16:
+            raise ManifestError("salt file is damaged (too short)", p)
+        return salt
+    salt = secrets.token_hex(16)
+    atomic.write_text(p, salt + "\n")
+    return salt
+
+
+def salted_key(salt: str, value: str, prefix: str = "", n: int = 16) -> str:
+    return prefix + hashlib.sha256(f"{salt}\x00{value}".encode("utf-8")).hexdigest()[:n]
+
+
+def file_hash(salt: str, relpath: str) -> str:
+    return salted_key(salt, "file:" + relpath.replace(os.sep, "/"), n=24)
+
+
+def identifiers(headers) -> set[str]:
+    """Identifying strings (PatientID, PatientName and its parts, dates) to redact from messages."""
+    out = set()
+    for h in headers:
+        for v in (h.patient_id, h.patient_name, h.study_date):
+            v = (v or "").strip()
+            if len(v) >= 3:
+                out.add(v)
+        for part in re.split(r"[\^ ,]+", h.patient_name or ""):
+            if len(part) >= 3:
+                out.add(part)
+    return out
+
+
+def redact(text: str, secrets_: set[str]) -> str:
+    for s in sorted(secrets_, key=len, reverse=True):
+        text = re.sub(re.escape(s), "<redacted>", text, flags=re.IGNORECASE)
+    return text
+
+
+def _days(date: str) -> _dt.date | None:
+    date = (date or "").strip()
+    for fmt in ("%Y%m%d", "%Y-%m-%d", "%Y/%m/%d", "%d.%m.%Y"):
+        try:
+            return _dt.datetime.strptime(date, fmt).date()
+        except ValueError:
+            pass
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# T2 sagittal selection
+# --------------------------------------------------------------------------------------------
+
+def classify_t2(description: str, echo_time: float | None, cfg: IndexConfig) -> tuple[bool, str]:
+    """(is T2, how decided): description first, echo time when the description says nothing."""
+    d = description or ""
+    if re.search(cfg.exclude_pattern, d, re.IGNORECASE):
+        return False, "description"
+    if re.search(cfg.t2_pattern, d, re.IGNORECASE):
+        return True, "description"
+    if echo_time is not None:
+        return echo_time >= cfg.min_t2_echo_ms, "echo time"
+    return False, "unknown"
+
+
+@dataclass
+class SeriesRecord:
+    row: dict
+    files: list[str]  # paths relative to ROOT
+    patient_id: str = ""
+    study_uid: str = ""
+    study_date: str = ""
+    series_number: int | None = None
+    is_t2: bool = False
+    ok: bool = False
+    family_raw: str = ""
+
+
+@dataclass
+class IndexResult:
+    series: list[dict] = field(default_factory=list)
+    errors: list[dict] = field(default_factory=list)
+    n_files: int = 0
+    n_ignored: int = 0
+
+    @property
+    def n_selected(self) -> int:
+        return sum(r["status"] == "selected" for r in self.series)
+
+
+def _fmt(v, nd=3):
+    return "" if v is None else (f"{v:.{nd}f}".rstrip("0").rstrip(".") if isinstance(v, float) else str(v))
+
+
+def _dicom_records(root: Path, cfg: IndexConfig, salt: str, result: IndexResult, files: list[str]):
+    from . import progress
+    from .io import read_header, series_geometry
+
+    headers = []
+    for path in progress.track(files, desc="reading headers", unit="file"):
+        try:
+            h = read_header(path)
+        except SpineSSLError as e:
+            result.errors.append({"file": os.path.relpath(path, root), "stage": "index",
+                                  "error_type": type(e).__name__, "message": e.cause})
+            continue
+        if h is None:
+            result.n_ignored += 1
+            continue
+        headers.append(h)
+    secret = identifiers(headers)
+    for err in result.errors:
+        err["file"] = redact(err["file"], secret)
+        err["message"] = redact(err["message"], secret)
+    groups: dict[str, list] = {}
+    for h in headers:
+        groups.setdefault(h.series_uid, []).append(h)
+    records = []
+    for uid, hs in groups.items():
+        ref = hs[0]
+        rel = [os.path.relpath(h.path, root) for h in hs]
+        row = {c: "" for c in SERIES_COLUMNS}
+        row.update(scan_key=salted_key(salt, "series:" + uid), format="dicom",
+                   description=ref.series_description, echo_time_ms=_fmt(ref.echo_time),
+                   field_strength=_fmt(ref.field_strength), manufacturer=ref.manufacturer,
+                   rows=ref.rows, columns=ref.columns, n_files=len(hs),
+                   pixel_spacing_mm="" if ref.pixel_spacing is None else "x".join(_fmt(float(v)) for v in ref.pixel_spacing),
+                   slice_thickness_mm=_fmt(ref.slice_thickness))
+        rec = SeriesRecord(row, rel, ref.patient_id, ref.study_uid, ref.study_date, ref.series_number)
+        try:
+            geom = series_geometry(hs, os.path.dirname(ref.path), spacing_tol=cfg.spacing_tol_mm,
+                                   max_oblique_deg=None)
+            row.update(slices=len(geom.headers), slice_spacing_mm=_fmt(geom.slice_spacing),
+                       orientation=geom.orientation, obliquity_deg=_fmt(geom.obliquity_deg, 1))
+            ok_orient = geom.orientation == "sagittal" and geom.obliquity_deg <= cfg.max_oblique_deg
+            row["orientation_ok"] = "yes" if ok_orient else "no"
+            if geom.orientation != "sagittal":
+                reason = f"not sagittal ({geom.orientation} slices)"
+            elif not ok_orient:
+                reason = f"oblique sagittal: {geom.obliquity_deg:.1f} deg from true sagittal (limit {cfg.max_oblique_deg:g})"
+            else:
+                reason = ""
+            rec.ok = not reason
+            row["reason"] = reason
+        except SpineSSLError as e:
+            row["slices"] = len(hs)
+            row["reason"] = redact(e.cause, secret)
+            row["orientation_ok"] = "no"
+            result.errors.append({"file": redact(os.path.relpath(e.path or ref.path, root), secret),
+                                  "stage": "index", "error_type": type(e).__name__,
+                                  "message": redact(e.cause, secret)})
+        rec.is_t2, row["t2_by"] = classify_t2(ref.series_description, ref.echo_time, cfg)
+        records.append(rec)
+    return records
+
+
+def _image_records(root: Path, table: Path, salt: str, result: IndexResult):
+    """Records for NIfTI/NRRD/MHA files listed in a table (file, subject, date|interval_days)."""
+    from .io import is_image_file, obliquity_deg, plane_name, read_image
+
+    rows = _read_table(table)
+    if not rows:
+        raise ManifestError("table has no rows", table)
+    cols = set(rows[0])
+    if "file" not in cols or "subject" not in cols:
+        raise ManifestError("table needs columns 'file' and 'subject' (plus 'date' or 'interval_days')", table)
+    records = []
+    for r in rows:
+        rel = r["file"]
+        path = root / rel
+        row = {c: "" for c in SERIES_COLUMNS}
+        row.update(scan_key=salted_key(salt, "file:" + rel.replace(os.sep, "/")), format="image", n_files=1,
+                   t2_by="table", description=r.get("description", ""))
+        rec = SeriesRecord(row, [rel], r["subject"], "study:" + rel, r.get("date", ""), None, True)
+        rec.family_raw = r.get("family", "")
+        rec.row["_interval"] = r.get("interval_days", "")
+        try:
+            if not is_image_file(path):
+                raise InputError("not a NIfTI/NRRD/MHA file", path)
+            scan = read_image(path)
+            normal = np.cross(scan.affine[:3, 0], scan.affine[:3, 1])
+            sp = scan.spacing
+            obl = obliquity_deg(normal)
+            row.update(rows=scan.shape[1], columns=scan.shape[2], slices=scan.shape[0],
+                       pixel_spacing_mm=f"{_fmt(float(sp[1]))}x{_fmt(float(sp[0]))}", slice_spacing_mm=_fmt(float(sp[2])),
+                       orientation=plane_name(normal), obliquity_deg=_fmt(obl, 1))
+            if plane_name(normal) != "sagittal" or obl > 30:
+                row["orientation_ok"], row["reason"] = "no", f"not sagittal within 30 deg ({obl:.1f} deg)"
+            elif scan.shape[0] < 2:
+                row["orientation_ok"], row["reason"] = "yes", "single-slice volume"
+            else:
+                row["orientation_ok"], rec.ok = "yes", True
+        except SpineSSLError as e:
+            row["reason"] = e.cause
+            result.errors.append({"file": rel, "stage": "index", "error_type": type(e).__name__, "message": e.cause})
+        records.append(rec)
+    return records
+
+
+def _read_table(path) -> list[dict]:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            sample = f.read(4096)
+            f.seek(0)
+            try:
+                dialect = csv.Sniffer().sniff(sample, delimiters=",;\t")
+            except csv.Error:
+                dialect = csv.excel
+            return [{(k or "").strip().lower(): (v or "").strip() for k, v in r.items()}
+                    for r in csv.DictReader(f, dialect=dialect)]
+    except OSError as e:
+        raise ManifestError(f"cannot read table ({e.strerror or type(e).__name__})", path) from e
+
+
+def load_families(path) -> dict[str, str]:
+    """PatientID (or subject) -> family id from a CSV with an id and a family column."""
+    rows = _read_table(path)
+    if not rows:
+        return {}
+    cols = list(rows[0])
+    idc = next((c for c in ("patient_id", "patientid", "patient", "subject_id", "subject") if c in cols), None)
+    fc = next((c for c in ("family_id", "family", "twin_id", "pair_id") if c in cols), None)
+    if idc is None or fc is None:
+        raise ManifestError("families CSV needs an id column (patient_id/subject_id) and a family column "
+                            "(family_id/family/twin_id)", path)
+    return {r[idc]: r[fc] for r in rows if r.get(idc) and r.get(fc)}
+
+
+def _select(records: list[SeriesRecord], cfg: IndexConfig) -> None:
+    by_study: dict[tuple, list[SeriesRecord]] = {}
+    for rec in records:
+        by_study.setdefault((rec.patient_id, rec.study_uid), []).append(rec)
+    for recs in by_study.values():
+        cands = [r for r in recs if r.ok and r.is_t2]
+        if cands:
+            if cfg.prefer == "most_slices":
+                best = max(cands, key=lambda r: (int(r.row["slices"] or 0), r.series_number or 0))
+            elif cfg.prefer == "last":
+                best = max(cands, key=lambda r: r.series_number or 0)
+            else:
+                best = min(cands, key=lambda r: r.series_number or 0)
+        else:
+            best = None
+        for r in recs:
+            if r is best:
+                r.row["status"] = "selected"
+            elif not r.ok:
+                r.row["status"] = "rejected"
+            else:
+                r.row["status"] = "not_selected"
+                r.row["reason"] = ("another sagittal T2 series of this study was selected" if r.is_t2
+                                   else f"not T2 (by {r.row['t2_by']})")
+
+
+def _keys(records: list[SeriesRecord], salt: str, families: dict[str, str]) -> None:
+    by_subject: dict[str, list[SeriesRecord]] = {}
+    for r in records:
+        by_subject.setdefault(r.patient_id, []).append(r)
+    for pid, recs in by_subject.items():
+        skey = salted_key(salt, "subject:" + pid, prefix="S", n=12)
+        fam = families.get(pid) or next((r.family_raw for r in recs if r.family_raw), "")
+        fkey = salted_key(salt, "family:" + fam, prefix="F", n=10) if fam else ""
+        sel = [r for r in recs if r.row["status"] == "selected"] or recs
+        dates = [d for d in (_days(r.study_date) for r in sel) if d is not None]
+        first = min(dates) if dates else None
+        # time points: distinct study dates of the selected scans (interval_days from a table)
+        for r in recs:
+            r.row["subject_key"] = skey
+            r.row["family"] = fkey
+            r.row["study_key"] = salted_key(salt, "study:" + r.study_uid, prefix="T", n=12)
+            d = _days(r.study_date)
+            if d is not None and first is not None:
+                r.row["interval_days"] = (d - first).days
+            elif r.row.get("_interval", "") != "":
+                try:
+                    r.row["interval_days"] = int(float(r.row["_interval"]))
+                except ValueError:
+                    r.row["interval_days"] = ""
+        sel_iv = sorted({r.row["interval_days"] for r in recs
+                         if r.row["status"] == "selected" and r.row["interval_days"] != ""})
+        for r in recs:
+            if r.row["status"] == "selected" and r.row["interval_days"] != "":
+                r.row["timepoint"] = sel_iv.index(r.row["interval_days"])
+            r.row.pop("_interval", None)
+
+
+def build_index(root, out_dir, config: IndexConfig | None = None, families_csv=None, table=None) -> IndexResult:
+    """Index ``root`` into ``out_dir`` (series.csv, sources.csv, errors.csv, index.json)."""
+    from .io import is_image_file, iter_files
+
+    cfg = config or IndexConfig()
+    root, out_dir = Path(root), Path(out_dir)
+    if not root.is_dir():
+        raise InputError("not a folder", root)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.resolve() == root.resolve() or root.resolve() in out_dir.resolve().parents:
+        raise ConfigError("the output folder must not be inside the input folder", out_dir)
+    salt = load_or_create_salt(out_dir)
+    families = load_families(families_csv) if families_csv else {}
+    result = IndexResult()
+    if table is not None:
+        records = _image_records(root, Path(table), salt, result)
+        result.n_files = len(records)
+    else:
+        files = [f for f in iter_files(root)]
+        result.n_files = len(files)
+        images = [f for f in files if is_image_file(f)]
+        if images and len(images) == len(files):
+            raise ConfigError("the folder holds NIfTI/NRRD/MHA images only: give the subject/time table "
+                              "with --table", root)
+        records = _dicom_records(root, cfg, salt, result, [f for f in files if not is_image_file(f)])
+        result.n_ignored += len(images)
+    if not records and not result.errors:
+        raise InputError("no DICOM image series found", root)
+    _select(records, cfg)
+    _keys(records, salt, families)
+    records.sort(key=lambda r: (r.row["subject_key"], r.row["interval_days"] if r.row["interval_days"] != "" else 1 << 30,
+                                r.row["scan_key"]))
+    result.series = [r.row for r in records]
+    sources = [{"scan_key": r.row["scan_key"], "file_hash": file_hash(salt, f)} for r in records for f in r.files]
+    atomic.write_csv(out_dir / "series.csv", result.series, SERIES_COLUMNS)
+    atomic.write_csv(out_dir / "sources.csv", sources, ["scan_key", "file_hash"])
+    atomic.write_csv(out_dir / "errors.csv", result.errors, ERROR_COLUMNS)
+    atomic.write_json(out_dir / "index.json", {
+        "schema": SCHEMA, "root": str(root.resolve()), "format": "image" if table is not None else "dicom",
+        "table": str(Path(table).resolve()) if table is not None else None,
+        "config": dataclasses.asdict(cfg), "n_files": result.n_files, "n_ignored": result.n_ignored,
+        "n_series": len(result.series), "n_selected": result.n_selected, "n_errors": len(result.errors),
+    })
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Reading an index back (used by extract)
+# --------------------------------------------------------------------------------------------
+
+def read_index(cohort_dir) -> tuple[dict, list[dict]]:
+    c = Path(cohort_dir)
+    meta_p, series_p = c / "index.json", c / "series.csv"
+    if not meta_p.exists() or not series_p.exists():
+        raise ManifestError("not an indexed cohort (run `spine-ssl index ROOT --out C` first)", c)
+    try:
+        meta = json.loads(meta_p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ManifestError("index.json is damaged", meta_p) from e
+    if meta.get("schema") != SCHEMA:
+        raise ManifestError(f"unsupported index schema {meta.get('schema')!r}", meta_p)
+    with open(series_p, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return meta, rows
+
+
+def locate_sources(cohort_dir, root=None, scan_keys=None) -> dict[str, list[str]]:
+    """scan_key -> absolute file paths, by hashing the paths under ROOT (from index.json unless
+    ``root`` is given: the source folder may have moved)."""
+    from .io import iter_files
+
+    c = Path(cohort_dir)
+    meta, _ = read_index(c)
+    root = Path(root or meta["root"])
+    if not root.is_dir():
+        raise InputError("source folder of the index not found (moved? pass --root)", root)
+    salt = load_or_create_salt(c)
+    want: dict[str, str] = {}
+    with open(c / "sources.csv", newline="", encoding="utf-8") as f:
+        for r in csv.DictReader(f):
+            if scan_keys is None or r["scan_key"] in scan_keys:
+                want[r["file_hash"]] = r["scan_key"]
+    out: dict[str, list[str]] = {}
+    if meta.get("format") == "image" and meta.get("table"):
+        rels = [r["file"] for r in _read_table(meta["table"])]
+        paths = [str(root / r) for r in rels]
+    else:
+        paths = iter_files(root)
+    for p in paths:
+        h = file_hash(salt, os.path.relpath(p, root))
+        if h in want:
+            out.setdefault(want[h], []).append(p)
+    return out

@@ -324,6 +324,47 @@ def _temp_root() -> str:
     return tempfile.gettempdir()
 
 
+def levels_from_label_node(label_node, volume_node, mapping="synthetic") -> LevelSet:
+    """Levels from a labelmap volume node (values mapped to levels by ``mapping``: a preset name
+    of ``levels.LABEL_PRESETS``, a mapping file or a dict) or from a segmentation node whose
+    segments are named T12..S1 (mapping ignored), on the volume node's grid."""
+    import vtk
+
+    from . import levels as L
+
+    slicer = _slicer()
+    if label_node is None:
+        raise LevelsError("no label map or segmentation selected")
+    scan = scan_from_volume_node(volume_node)
+    where = f"{label_node.GetName()!r}"
+    if label_node.IsA("vtkMRMLSegmentationNode"):
+        segmentation = label_node.GetSegmentation()
+        ids, table = vtk.vtkStringArray(), {}
+        for n in range(segmentation.GetNumberOfSegments()):
+            parsed = L.parse_point_label(segmentation.GetNthSegment(n).GetName())
+            if parsed is not None and parsed[1] is None:
+                ids.InsertNextValue(segmentation.GetNthSegmentID(n))
+                table[ids.GetNumberOfValues()] = parsed[0]
+        if not table:
+            raise LevelsError("no segment named T12..S1", where)
+        scene = label_node.GetScene()
+        tmp = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__spinessl_levels__")
+        try:
+            if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(label_node, ids, tmp,
+                                                                                           volume_node):
+                raise LevelsError("could not export the segments to a label map", where)
+            labels = scan_from_volume_node(tmp)
+        finally:
+            scene.RemoveNode(tmp)
+        mapping = table
+    else:
+        labels = scan_from_volume_node(label_node)
+        if isinstance(mapping, str):
+            mapping = L.resolve_label_mapping(mapping)
+    labels.array = np.rint(labels.array)
+    return L.from_labelmap(labels, scan, mapping, where=where)
+
+
 # --------------------------------------------------------------------------------------------
 # save / load through Slicer's storage nodes
 

@@ -176,3 +176,26 @@ def test_showing_again_updates_the_same_nodes(shown):
     assert again.segmentation_node is out.segmentation_node and again.levels_node is out.levels_node
     after = [scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())]
     assert len(after) == len(before), sorted(set(after) - set(before))
+
+
+def test_levels_from_a_labelmap_node_with_the_synthetic_preset_and_from_a_segmentation(baseline):
+    scene, node = baseline["scene"], baseline["node"]
+    labels = S.load_volume(scene, baseline["labels"], name="truth labels")
+    from_labels = S.levels_from_label_node(labels, node, "synthetic")
+    assert from_labels.names == list(LEVEL_NAMES)
+    for level in baseline["levels"]:  # in the sagittal plane (the slab may cut a VB laterally)
+        assert np.linalg.norm((from_labels[level.name].centroid - level.centroid)[1:]) < 3.0, level.name
+    # the same levels from a segmentation whose segments are named after the levels
+    seg = S.segmentation_from_shapes(scene, [], [], "level segments", S.scan_from_volume_node(node).affine)
+    lab = slicer.util.arrayFromVolume(labels)
+    spider = {2: "L4", 1: "L5", 26: "S1"}
+    for value, name in spider.items():
+        sid = seg.GetSegmentation().AddEmptySegment(name, name)
+        scan_l = S.scan_from_volume_node(labels)
+        mask = lab == value
+        img = S._oriented_image(mask, (0, 0, 0), scan_l.affine)
+        assert slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(img, seg, sid)
+    from_seg = S.levels_from_label_node(seg, node)
+    assert from_seg.names == ["L4", "L5", "S1"]
+    for name in from_seg.names:
+        assert np.linalg.norm(from_seg[name].centroid - from_labels[name].centroid) < 1.0

@@ -21,14 +21,15 @@ VB_DEPTH = 40.0  # mm, left-right extent
 VB_VALUE, DISC_VALUE, MARKER_VALUE, BG_VALUE = 300.0, 600.0, 900.0, 40.0
 
 
-def sagittal_affine(shape=(15, 256, 128), spacing=(1.1, 1.1, 4.0), origin=(-28.0, -60.0, 90.0)):
-    """Standard sagittal DICOM-like affine: columns -> posterior (+y), rows -> inferior (-z),
-    slices -> +x.  ``spacing`` = (column, row, slice) mm."""
+def sagittal_affine(shape=(15, 256, 128), spacing=(1.1, 1.1, 4.0), origin=(28.0, -60.0, 90.0)):
+    """Standard sagittal DICOM affine: columns -> posterior (+y), rows -> inferior (-z), slices
+    along the IOP normal (+y) x (-z) = -x (towards the patient's right), so a DICOM reader
+    returns the same array.  ``spacing`` = (column, row, slice) mm."""
     di, dj, dk = spacing
     a = np.eye(4)
     a[:3, 0] = [0, di, 0]
     a[:3, 1] = [0, 0, -dj]
-    a[:3, 2] = [dk, 0, 0]
+    a[:3, 2] = [-dk, 0, 0]
     a[:3, 3] = origin
     return a
 

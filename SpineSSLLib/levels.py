@@ -389,8 +389,10 @@ def load_label_mapping(path) -> dict[int, str]:
             for k, v in d.items():
                 if str(k).upper() in LEVEL_NAMES:
                     mapping[int(v)] = str(k).upper()
-                else:
+                elif str(k).strip().lstrip("-").isdigit():
                     mapping[int(k)] = str(v).upper()
+                else:
+                    raise LevelsError(f"mapping names unknown level(s) [{str(k)!r}]", path)
         else:
             with open(path, newline="", encoding="utf-8") as f:
                 sample = f.read(2048)

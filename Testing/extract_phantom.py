@@ -116,3 +116,50 @@ def relabel_affine(affine, shape, flip_i=False, flip_j=False, flip_k=False, tran
         return np.ascontiguousarray(x)
 
     return a, apply
+
+
+SYNTH_LABELS = {"T12": 6, "L1": 5, "L2": 4, "L3": 3, "L4": 2, "L5": 1, "S1": 26}
+
+
+def render_labels(affine, shape, levels: LevelSet, tilt_deg: float = 8.0, values=SYNTH_LABELS) -> np.ndarray:
+    """Label map of the phantom's vertebral bodies (synthetic preset numbering by default)."""
+    K, J, I = shape
+    kk, jj, ii = np.meshgrid(np.arange(K), np.arange(J), np.arange(I), indexing="ij")
+    ijk = np.stack([ii, jj, kk], -1).reshape(-1, 3).astype(np.float64)
+    p = ijk @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3]
+    t = np.radians(tilt_deg)
+    down = np.array([0.0, np.sin(t), -np.cos(t)])
+    post = np.array([0.0, np.cos(t), np.sin(t)])
+    lab = np.zeros(len(p), np.int16)
+    for name in levels.names:
+        d = p - levels[name].centroid
+        inside = (np.abs(d @ post) <= VB_WIDTH / 2) & (np.abs(d @ down) <= VB_HEIGHT / 2) & (np.abs(d[:, 0]) <= VB_DEPTH / 2)
+        lab[inside] = values[name]
+    return lab.reshape(K, J, I)
+
+
+def write_image(path, arr, affine):
+    """Write (K, J, I) + voxel->LPS affine with SimpleITK (NIfTI/NRRD/MHA by extension)."""
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray(np.ascontiguousarray(arr))
+    sp = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
+    img.SetSpacing([float(s) for s in sp])
+    img.SetDirection([float(v) for v in (np.asarray(affine)[:3, :3] / sp).reshape(-1)])
+    img.SetOrigin([float(v) for v in np.asarray(affine)[:3, 3]])
+    sitk.WriteImage(img, str(path))
+    return path
+
+
+def spinenet_dicts(scan: Scan, levels: LevelSet, extra=()) -> list[dict]:
+    """SpineNet-style vert_dicts for the levels (pixel coords of ``scan``), in shuffled corner order."""
+    out = []
+    for lev in levels:
+        ijk = scan.lps_to_index(lev.corners)
+        k = float(np.mean(ijk[:, 2]))
+        poly = ijk[[2, 0, 3, 1], :2]  # deliberately not in SpineSSL corner order
+        ks = int(round(k))
+        out.append({"predicted_label": lev.name, "average_polygon": poly.tolist(),
+                    "slice_nos": [ks - 2, ks - 1, ks, ks + 1, ks + 2]})
+    out.extend(extra)
+    return out

@@ -199,3 +199,37 @@ def test_levels_from_a_labelmap_node_with_the_synthetic_preset_and_from_a_segmen
     assert from_seg.names == ["L4", "L5", "S1"]
     for name in from_seg.names:
         assert np.linalg.norm(from_seg[name].centroid - from_labels[name].centroid) < 1.0
+
+
+def test_grading_and_comparison_wiring_matches_the_model_run_directly(shown, tmp_path):
+    """A grading checkpoint saved like `spine-ssl grade-train` does -> per-disc results equal to
+    running the same network by hand; a pretraining checkpoint -> per-level fc7 distances."""
+    import torch
+
+    from SpineSSLLib import checkpoint as ckpt
+    from SpineSSLLib.grading import IVD_HW, predict_proba
+    from SpineSSLLib.models import ModelConfig, VGGMNet
+
+    torch.manual_seed(0)
+    vols = shown["out"].volumes
+    cfg = ModelConfig.preset("small")
+    grader = VGGMNet(cfg, 4, IVD_HW)
+    ckpt.save_checkpoint(tmp_path / "grade" / "best", grader, {
+        "task": "grade", "model": cfg.to_dict(), "num_classes": 4, "in_hw": list(IVD_HW),
+        "class_names": ["1", "2", "3", "4"]})
+    results = S.grade_volumes(vols, tmp_path / "grade", tta=False, device="cpu")
+    direct = predict_proba(grader.eval(), vols.ivd)
+    assert [r.name for r in results] == list(DISC_NAMES)
+    for r, p in zip(results, direct):
+        assert r.probabilities == pytest.approx(p.tolist(), abs=1e-5)
+        assert r.grade == int(np.argmax(p)) + 1
+    embedder = VGGMNet(cfg, 7, (224, 224))
+    ckpt.save_checkpoint(tmp_path / "pre", embedder, {"task": "pretrain", "model": cfg.to_dict(),
+                                                       "num_classes": 7, "in_hw": [224, 224]})
+    same = S.compare_volumes(vols, vols, tmp_path / "pre", threshold=0.5, device="cpu")
+    assert [r.name for r in same] == list(LEVEL_NAMES)
+    assert all(r.distance == pytest.approx(0.0, abs=1e-4) and r.same for r in same)
+    # a different scan (the follow-up visit, or another level's volumes) gives positive distances
+    shifted = type(vols)(**{**vols.__dict__, "vb": np.roll(vols.vb, 1, axis=0)})
+    diff = S.compare_volumes(vols, shifted, tmp_path / "pre", threshold=None, device="cpu")
+    assert all(r.distance > 0 and r.same is None for r in diff)

@@ -163,18 +163,17 @@ def _check_output(out_dir: Path, overwrite: bool) -> None:
         raise InputError("output exists and is not a folder", out_dir)
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise InputError("output folder is not empty (use --overwrite to replace it)", out_dir)
-    parent = out_dir.parent if not out_dir.exists() else out_dir.parent
-    probe = parent
-    while not probe.exists():
+    probe = out_dir.parent
+    while not probe.exists() and probe != probe.parent:
         probe = probe.parent
+    if not probe.is_dir():
+        raise InputError("cannot create the output folder here: not a folder", probe)
     if not os.access(probe, os.W_OK | os.X_OK):
         raise InputError("folder is not writable", probe)
 
 
 def generate_cohort(out_dir, config: SynthConfig | None = None, overwrite: bool = False, workers: int = 1) -> dict:
     """Write a synthetic cohort into ``out_dir``; returns the summary (also in cohort.json)."""
-    from .. import progress
-
     cfg = (config or SynthConfig()).validate()
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers must be a positive integer, got {workers!r}")
@@ -182,50 +181,83 @@ def generate_cohort(out_dir, config: SynthConfig | None = None, overwrite: bool 
     _check_output(out_dir, overwrite)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
-        plan = family_plan(cfg)
-        jobs = [(cfg.to_dict(), f, s, n, str(tmp)) for f, s, n in plan]
-        subjects = []
-        with progress.Progress(cfg.subjects, desc="synth subjects", unit="subject") as bar:
-            if workers == 1:
-                it = map(_subject_job, jobs)
-                pool = None
-            else:
-                import multiprocessing as mp
+    with _terminate_as_exit(), _cleanup_on_failure(tmp):
+        return _generate(cfg, out_dir, tmp, workers)
 
-                pool = mp.get_context("spawn").Pool(workers)
-                it = pool.imap(_subject_job, jobs)
-            try:
-                for rows in it:
-                    subjects.extend(rows)
-                    bar.update(len(rows))
-            finally:
-                if pool is not None:
-                    pool.terminate()
-                    pool.join()
-        summary = _summary(cfg, subjects)
-        atomic.write_csv(tmp / "subjects.csv",
-                         [{k: r[k] for k in ("subject_id", "family_id", "n_visits", "graded", "sex")} for r in subjects],
-                         ["subject_id", "family_id", "n_visits", "graded", "sex"])
-        atomic.write_json(tmp / "cohort.json", {
-            "schema": COHORT_SCHEMA, "truth_schema": TRUTH_SCHEMA, "generator": f"SpineSSL {__version__}",
-            "seed": cfg.seed, "config": cfg.to_dict(), "summary": summary,
-            "layout": {"dicom": "dicom/<subject_id>/<visit>/", "truth": "truth/<SeriesInstanceUID>.json",
-                       "labelmap": "truth/<SeriesInstanceUID>_labels.nii.gz"},
-            "label_convention": "SPIDER: vertebrae from the bottom (L5=1 ... T12=6, T11=7, T10=8), S1=26 (SpineSSL), "
-                                "discs L5-S1=201 ... T12-L1=206, canal=100",
-            "grade_mapping": "Pfirrmann 1-2 -> 1, 3 -> 2, 4 -> 3, 5 -> 4",
-        })
-        if out_dir.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            os.replace(out_dir, trash / "old")
-            os.replace(tmp, out_dir)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+
+@contextlib.contextmanager
+def _terminate_as_exit():
+    """Turn SIGTERM into SystemExit while generating, so the partial folder is removed."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+@contextlib.contextmanager
+def _cleanup_on_failure(tmp: Path):
+    try:
+        yield
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _generate(cfg: SynthConfig, out_dir: Path, tmp: Path, workers: int) -> dict:
+    from .. import progress
+
+    plan = family_plan(cfg)
+    jobs = [(cfg.to_dict(), f, s, n, str(tmp)) for f, s, n in plan]
+    subjects = []
+    with progress.Progress(cfg.subjects, desc="synth subjects", unit="subject") as bar:
+        if workers == 1:
+            it = map(_subject_job, jobs)
+            pool = None
+        else:
+            import multiprocessing as mp
+
+            methods = mp.get_all_start_methods()
+            pool = mp.get_context("fork" if "fork" in methods else "spawn").Pool(workers)
+            it = pool.imap(_subject_job, jobs)
+        try:
+            for rows in it:
+                subjects.extend(rows)
+                bar.update(len(rows))
+        finally:
+            if pool is not None:
+                pool.terminate()
+                pool.join()
+    summary = _summary(cfg, subjects)
+    atomic.write_csv(tmp / "subjects.csv",
+                     [{k: r[k] for k in ("subject_id", "family_id", "n_visits", "graded", "sex")} for r in subjects],
+                     ["subject_id", "family_id", "n_visits", "graded", "sex"])
+    atomic.write_json(tmp / "cohort.json", {
+        "schema": COHORT_SCHEMA, "truth_schema": TRUTH_SCHEMA, "generator": f"SpineSSL {__version__}",
+        "seed": cfg.seed, "config": cfg.to_dict(), "summary": summary,
+        "layout": {"dicom": "dicom/<subject_id>/<visit>/", "truth": "truth/<SeriesInstanceUID>.json",
+                   "labelmap": "truth/<SeriesInstanceUID>_labels.nii.gz"},
+        "label_convention": "SPIDER: vertebrae from the bottom (L5=1 ... T12=6, T11=7, T10=8), S1=26 (SpineSSL), "
+                            "discs L5-S1=201 ... T12-L1=206, canal=100",
+        "grade_mapping": "Pfirrmann 1-2 -> 1, 3 -> 2, 4 -> 3, 5 -> 4",
+    })
+    if out_dir.exists():
+        trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+        os.replace(out_dir, trash / "old")
+        os.replace(tmp, out_dir)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, out_dir)
     return summary
 
 

@@ -44,6 +44,9 @@ class Structure:
     width: float
     params: dict
 
+    def __post_init__(self):
+        self.depth, self.height, self.width = float(self.depth), float(self.height), float(self.width)
+
 
 @dataclass
 class Rendered:
@@ -151,13 +154,31 @@ def _vb_signed(st: Structure, u, v, w, va: VisitAnatomy, side_nodes):
     return m - k * np.log(np.exp(-(a - m) / k) + np.exp(-(b - m) / k) + np.exp(-(c - m) / k)), sup, inf
 
 
-def _texture(va: VisitAnatomy, ti: int, u, v, w):
+def _texture(va: VisitAnatomy, ti: int, loc0, dloc_i, dloc_j, iw, jw) -> np.ndarray:
+    """Marrow texture on a pixel window: a sum of plane waves in VB-local coordinates.
+
+    The local coordinates are linear in the pixel indices (``loc0 + i * dloc_i + j * dloc_j``),
+    so every wave factorises into a column term and a row term and the whole sum is one
+    complex matrix product (rows x components) @ (components x columns).
+    """
     s = va.subject
-    pts = np.stack([u, v, w], -1)
-    t1 = np.cos(pts @ s.texture_k[ti].T + s.texture_phase[ti]) @ s.texture_amp[ti]
-    t2 = np.cos(pts @ s.renew_k[ti].T + s.renew_phase[ti]) @ s.renew_amp[ti]
     m = va.texture_mix
-    return np.sqrt(1 - m) * t1 + np.sqrt(m) * t2
+    k = np.concatenate([s.texture_k[ti], s.renew_k[ti]])
+    amp = np.concatenate([s.texture_amp[ti] * np.sqrt(1 - m), s.renew_amp[ti] * np.sqrt(m)])
+    ph = np.concatenate([s.texture_phase[ti], s.renew_phase[ti]])
+    coef = amp * np.exp(1j * (k @ loc0 + ph))
+    EI = np.exp(1j * np.outer(k @ dloc_i, iw))  # (n, I)
+    EJ = np.exp(1j * np.outer(jw, k @ dloc_j))  # (J, n)
+    return np.einsum("jn,ni->ji", EJ, coef[:, None] * EI, optimize=False).real.astype(np.float32)
+
+
+def _waves(k: np.ndarray, ph: np.ndarray, lin) -> np.ndarray:
+    """Sum of cos(k . p + ph) over a pixel window whose points are p0 + i * ci + j * cj."""
+    p0, ci, cj, iw, jw = lin
+    coef = np.exp(1j * (k @ p0 + ph))
+    EI = np.exp(1j * np.outer(k @ ci, iw))
+    EJ = np.exp(1j * np.outer(jw, k @ cj))
+    return np.einsum("jn,ni->ji", EJ, coef[:, None] * EI, optimize=False).real.astype(np.float32)
 
 
 class _Scene:
@@ -172,8 +193,8 @@ class _Scene:
         self.d_nodes = np.array([vbs[i].depth for i in order])
         self.vb_sorted = [vbs[i] for i in order]
         r = _rng(seed, 30_000_000 + va.subject.index, va.visit)
-        self.bowel_k = r.normal(size=(12, 3)) * (2 * np.pi / r.uniform(8, 30, (12, 1)))
-        self.bowel_ph = r.uniform(0, 2 * np.pi, 12)
+        self.bowel_k = r.normal(size=(16, 3)) * (2 * np.pi / r.uniform(6, 40, (16, 1)))
+        self.bowel_ph = r.uniform(0, 2 * np.pi, 16)
         self.muscle_ph = r.uniform(0, 2 * np.pi, 3)
         g = acq.tissue_gain
         self.I = dict(BASE)
@@ -187,7 +208,7 @@ class _Scene:
         self.abd_depth = 95 + 1.3 * (va.weight - 68)
         self.fat_post = s.fat_thickness * (va.weight / s.weight)
 
-    def background(self, x, y, z):
+    def background(self, x, y, z, lin):
         I = self.I
         yc = np.interp(z, self.z_nodes, self.y_nodes)
         xc = np.interp(z, self.z_nodes, self.x_nodes)
@@ -200,8 +221,9 @@ class _Scene:
         out = np.full(x.shape, I["air"], dtype=np.float32)
         body = (yr < skin_post) & (yr > skin_ant - 15) & (np.abs(xr) < 160)
         # abdomen: bowel texture with fat
-        tex = np.cos(np.stack([x, y, z], -1) @ self.bowel_k.T + self.bowel_ph).mean(-1)
-        bowel = I["bowel"] + 0.25 * tex * 2 + 0.1
+        tex = _waves(self.bowel_k[:8], self.bowel_ph[:8], lin) / 8
+        tex2 = _waves(self.bowel_k[8:] * 1.7, self.bowel_ph[8:], lin) / 8
+        bowel = I["bowel"] + 0.1 + 0.35 * np.tanh(3 * tex * tex2)
         out = np.where(body, bowel, out)
         fat_ant = (yr < skin_ant + 0) & body
         out = np.where(fat_ant, I["fat"], out)
@@ -247,10 +269,11 @@ class _Scene:
         return out.astype(np.float32), canal
 
     def structure_local(self, st: Structure, x, y, z):
-        dx, dy, dz = x - st.centre[0], y - st.centre[1], z - st.centre[2]
-        u = dx * st.e_u[0] + dy * st.e_u[1] + dz * st.e_u[2]
-        v = dx * st.e_v[0] + dy * st.e_v[1] + dz * st.e_v[2]
-        w = dx * st.e_w[0] + dy * st.e_w[1] + dz * st.e_w[2]
+        c, eu, ev, ew = (list(map(float, a)) for a in (st.centre, st.e_u, st.e_v, st.e_w))
+        dx, dy, dz = x - c[0], y - c[1], z - c[2]
+        u = dx * eu[0] + dy * eu[1] + dz * eu[2]
+        v = dx * ev[0] + dy * ev[1] + dz * ev[2]
+        w = dx * ew[0] + dy * ew[1] + dz * ew[2]
         return u, v, w
 
     def disc(self, st: Structure, x, y, z):
@@ -277,7 +300,7 @@ class _Scene:
             val = val * (1 - 0.7 * np.exp(-((v / 0.8) ** 2 + ((u + 0.1 * st.depth) / (0.25 * st.depth)) ** 2)))
         return val.astype(np.float32), m.astype(np.float32)
 
-    def vb(self, st: Structure, x, y, z):
+    def vb(self, st: Structure, x, y, z, lin):
         va = self.va
         u, v, w = self.structure_local(st, x, y, z)
         ti = st.params["truth_index"]
@@ -285,28 +308,45 @@ class _Scene:
         nodes = [(side, uf, wf, rad, dep) for lvl, side, uf, wf, rad, dep in va.schmorl if lvl == idx and ti is not None]
         sd, sup, inf = _vb_signed(st, u, v, w, va, nodes)
         m = _sigmoid(sd / 0.35)
+        inside = m > 0.01
+        val = np.zeros(u.shape, dtype=np.float32)
+        if not inside.any():
+            return val, m.astype(np.float32)
+        p0, ci, cj, iw, jw = lin
+        E = np.stack([st.e_u, st.e_v, st.e_w])
+        tex = _texture(va, idx, E @ (p0 - st.centre), E @ ci, E @ cj, iw, jw)[inside]
+        u, v, w, sd, sup, inf = u[inside], v[inside], w[inside], sd[inside], sup[inside], inf[inside]
         marrow = self.I["marrow"] * st.params["marrow"]
-        tex = _texture(va, idx, u, v, w)
-        val = marrow * (1 + 0.17 * tex)
+        vi = marrow * (1 + 0.17 * tex)
         d2, h2, w2 = st.depth / 2, st.height / 2, st.width / 2
         if ti is not None:
             for lvl, pos, rad, amp in va.fat:
                 if lvl == ti:
                     r2 = (u - pos[0] * d2) ** 2 + (v - pos[1] * h2) ** 2 + (w - pos[2] * w2) ** 2
-                    val = val + marrow * amp * np.exp(-r2 / (2 * rad**2))
+                    vi = vi + marrow * amp * np.exp(-r2 / (2 * rad**2))
             for lvl, pos, rad, con in va.lesions:
                 if lvl == ti:
                     r = np.sqrt((u - pos[0] * d2) ** 2 + (v - pos[1] * h2) ** 2 + (w - pos[2] * w2) ** 2)
-                    val = val + marrow * con * _sigmoid((rad - r) / 0.5)
+                    vi = vi + marrow * con * _sigmoid((rad - r) / 0.5)
             # endplate signal change next to degenerated discs (Modic-like)
             for di, sign in ((ti - 1, 1), (ti, -1)):
                 if 0 <= di < 6 and va.endplate_change[di] > 0:
                     ep = sup if sign > 0 else inf
                     dist = np.abs(ep - v)
-                    val = val + marrow * va.endplate_change[di] * np.exp(-dist / 3.5) * (np.abs(u) < d2 * 0.8)
+                    vi = vi + marrow * va.endplate_change[di] * np.exp(-dist / 3.5) * (np.abs(u) < d2 * 0.8)
         rim = np.exp(-np.clip(sd, 0, None) / 0.9)
-        val = val * (1 - 0.8 * rim)
+        val[inside] = vi * (1 - 0.8 * rim)
         return val.astype(np.float32), m.astype(np.float32)
+
+
+def _up2(c: np.ndarray, n: int) -> np.ndarray:
+    """Bilinear upsampling of values on every 2nd pixel to the full (n, n) grid."""
+    m = c.shape[0]
+    f = np.empty((2 * m - 1, 2 * m - 1), dtype=np.float32)
+    f[::2, ::2] = c
+    f[1::2, ::2] = (c[:-1] + c[1:]) / 2
+    f[:, 1::2] = (f[:, :-2:2] + f[:, 2::2]) / 2
+    return f[:n, :n]
 
 
 def _stack_geometry(acq: Acquisition):
@@ -316,7 +356,7 @@ def _stack_geometry(acq: Acquisition):
     row = R @ np.array([0.0, 0.0, -1.0])  # row index runs superior -> inferior
     normal = np.cross(col, row)
     slc = -normal if acq.flipped else normal
-    centre = TABLE + np.array([0.0, -45.0, -8.0])
+    centre = TABLE + np.array([0.0, 12.0, 8.0])
     n, K = acq.matrix, acq.n_slices
     A = np.eye(4)
     A[:3, 0], A[:3, 1], A[:3, 2] = col * acq.spacing, row * acq.spacing, slc * acq.between
@@ -344,41 +384,49 @@ def render(va: VisitAnatomy, acq: Acquisition, seed: int) -> Rendered:
     structs = sc.structs
     discs = [s for s in structs if s.kind == "IVD"]
     vbs = [s for s in structs if s.kind == "VB"]
+    m_c = (n + 1) // 2 + 1  # coarse grid (every 2nd pixel) for the slowly varying surroundings
+    ic = np.arange(m_c, dtype=np.float32) * 2
     for k in range(K):
+        # surroundings: once per slice at the slice centre, on the coarse grid, upsampled
+        p0 = Ab[:3, 3] + Ab[:3, 2] * k
+        ci, cj = Ab[:3, 0], Ab[:3, 1]
+        Xc, Yc, Zc = (p0[a] + cj[a] * ic[:, None] + ci[a] * ic[None, :] for a in range(3))
+        bg_c, canal_c = sc.background(Xc.astype(np.float32), Yc.astype(np.float32), Zc.astype(np.float32),
+                                       (p0, 2 * ci, 2 * cj, np.arange(m_c), np.arange(m_c)))
+        bg = _up2(bg_c, n)
+        lk = np.where(_up2(canal_c.astype(np.float32), n) > 0.5, CANAL_LABEL, 0).astype(np.uint16)
         acc = np.zeros((n, n), dtype=np.float32)
+        normal = np.cross(ci, cj)
+        normal /= np.linalg.norm(normal)
         for o in sub:
             kk = k + o * acq.thickness / acq.between
             p0 = Ab[:3, 3] + Ab[:3, 2] * kk
-            ci, cj = Ab[:3, 0], Ab[:3, 1]
-            X = (p0[0] + cj[0] * ii[:, None] + ci[0] * ii[None, :]).astype(np.float32)
-            Y = (p0[1] + cj[1] * ii[:, None] + ci[1] * ii[None, :]).astype(np.float32)
-            Z = (p0[2] + cj[2] * ii[:, None] + ci[2] * ii[None, :]).astype(np.float32)
-            img, canal = sc.background(X, Y, Z)
+            img = bg.copy()
             centre_sub = o == 0.0
-            if centre_sub:
-                lk = np.where(canal, CANAL_LABEL, 0).astype(np.uint16)
-            normal = np.cross(ci, cj)
-            normal /= np.linalg.norm(normal)
             for st in discs + vbs:
-                dist = abs(float((st.centre - p0) @ normal))
+                rel = st.centre - p0
+                dist = abs(float(rel @ normal))
                 if dist > st.width / 2 + 3:
                     continue
-                rad = np.hypot(st.depth / 2 + 8, st.height / 2 + 8)
-                # window in pixel indices around the projected centre
-                rel = st.centre - p0
+                # window in pixel indices around the projected centre (structure extent in-plane)
                 ci_f = float(rel @ ci) / float(ci @ ci)
                 cj_f = float(rel @ cj) / float(cj @ cj)
-                r_px = rad / acq.spacing
-                i0, i1 = int(max(0, np.floor(ci_f - r_px))), int(min(n, np.ceil(ci_f + r_px) + 1))
-                j0, j1 = int(max(0, np.floor(cj_f - r_px))), int(min(n, np.ceil(cj_f + r_px) + 1))
+                ext = np.abs(st.e_u) * (st.depth / 2 + 8) + np.abs(st.e_v) * (st.height / 2 + 8)
+                r_i = float(ext @ np.abs(ci / np.linalg.norm(ci))) / acq.spacing + 2
+                r_j = float(ext @ np.abs(cj / np.linalg.norm(cj))) / acq.spacing + 2
+                i0, i1 = int(max(0, np.floor(ci_f - r_i))), int(min(n, np.ceil(ci_f + r_i) + 1))
+                j0, j1 = int(max(0, np.floor(cj_f - r_j))), int(min(n, np.ceil(cj_f + r_j) + 1))
                 if i0 >= i1 or j0 >= j1:
                     continue
-                x, y, z = X[j0:j1, i0:i1], Y[j0:j1, i0:i1], Z[j0:j1, i0:i1]
+                iw = np.arange(i0, i1, dtype=np.float32)
+                jw = np.arange(j0, j1, dtype=np.float32)
+                x, y, z = (np.float32(p0[a]) + np.float32(cj[a]) * jw[:, None] + np.float32(ci[a]) * iw[None, :]
+                           for a in range(3))
                 if st.kind == "IVD":
                     val, m = sc.disc(st, x, y, z)
                     label = disc_label(st.name)
                 else:
-                    val, m = sc.vb(st, x, y, z)
+                    val, m = sc.vb(st, x, y, z, (p0, ci, cj, iw, jw))
                     label = vertebra_label(st.name)
                 win = img[j0:j1, i0:i1]
                 img[j0:j1, i0:i1] = m * val + (1 - m) * win

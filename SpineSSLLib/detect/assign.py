@@ -186,7 +186,10 @@ def assign_levels(centre_map: np.ndarray, level_maps: np.ndarray, spacing_mm: fl
         conf = det * chain_conf[i] * min(1.0, evid / cfg.weak_evidence)
         out.levels[name] = AssignedLevel(name, p.row, p.col, conf, det, chain_conf[i], evid)
     kept = [n for n in LEVEL_NAMES if n in out.levels]
-    if kept:
+    if not kept:
+        out.issues.append(f"no vertebra could be labelled T12..S1 ({len(peaks)} candidate(s): "
+                          f"{len(out.dropped)} rejected, {len(out.outside)} outside T12..S1)")
+    else:
         top, bottom = LEVEL_NAMES.index(kept[0]), LEVEL_NAMES.index(kept[-1])
         for v in range(N_LEVELS):
             name = LEVEL_NAMES[v]

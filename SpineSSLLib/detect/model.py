@@ -25,9 +25,9 @@ class DetectorConfig:
     strides: tuple[int, ...] = (2, 2, 2, 2)
     num_res_units: int = 1
     norm: str = "instance"
-    sigma_centre_mm: float = 3.0
+    sigma_centre_mm: float = 5.0
     sigma_level_mm: float = 8.0
-    sigma_corner_mm: float = 3.0
+    sigma_corner_mm: float = 4.0
     sigma_lateral_mm: float = 8.0  # fall-off of the centre map across slices
     corner_slices: int = 1
     assign: AssignConfig = field(default_factory=AssignConfig)

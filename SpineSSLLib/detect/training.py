@@ -26,8 +26,8 @@ from .targets import CENTRE, CHANNELS, FIRST_CORNER, FIRST_LEVEL, LevelGeometry,
 class DetectTrainConfig:
     """Data / augmentation / loss knobs of detector training (the loop's are ``TrainConfig``)."""
 
-    canvas_px: int = 176  # training canvas (canonical pixels); inference uses the whole grid
-    samples_per_epoch: int = 384
+    canvas_px: int = 144  # training canvas (canonical pixels); inference uses the whole grid
+    samples_per_epoch: int = 512
     val_samples: int = 96
     spine_slice_fraction: float = 0.85  # share of samples drawn from slices that show a level
     gamma: tuple[float, float] = (0.7, 1.4)

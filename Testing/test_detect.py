@@ -1,0 +1,260 @@
+"""Vertebra detector: canonical grid, targets, model files, a tiny training run, the
+`detect` / `detect-train` commands and the evaluation metrics, on a real synthetic cohort
+(DICOM written by `SpineSSLLib.synth`)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from SpineSSLLib import LEVEL_NAMES
+from SpineSSLLib.cli import main
+from SpineSSLLib.errors import CheckpointError, GeometryError
+from SpineSSLLib.io import Scan
+from SpineSSLLib.levels import Level, LevelSet
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    from SpineSSLLib.synth import generate_cohort
+    from SpineSSLLib.synth.config import preset
+
+    out = tmp_path_factory.mktemp("cohort")
+    generate_cohort(out, preset("tiny", subjects=2, followup_fraction=0.0, twin_fraction=0.0,
+                                matrix=(128, 128), slices=(11, 11), seed=3))
+    return out
+
+
+@pytest.fixture(scope="module")
+def cases(cohort):
+    from SpineSSLLib.detect import cases as C
+
+    refs = C.discover(cohort, cohort / "truth")
+    assert len(refs) == 2 and all(r.levels_kind == "truth" for r in refs)
+    return [C.load_case(r) for r in refs]
+
+
+# ------------------------------------------------------------------------------------- grid
+
+def _reoriented(scan: Scan) -> Scan:
+    """The same image stored differently: rows and columns swapped, columns reversed."""
+    arr = np.ascontiguousarray(scan.array.transpose(0, 2, 1)[:, :, ::-1])  # new (j', i') = (i, J-1-j)
+    K, J, I = scan.shape
+    A = scan.affine
+    B = np.eye(4)
+    # new voxel (i', j', k) -> old (i = j', j = J-1-i', k)
+    B[:3, 0] = -A[:3, 1]
+    B[:3, 1] = A[:3, 0]
+    B[:3, 2] = A[:3, 2]
+    B[:3, 3] = A[:3, 3] + (J - 1) * A[:3, 1]
+    return Scan(arr, B)
+
+
+def test_grid_orientation_roundtrip_and_invariance(cases):
+    from SpineSSLLib.detect.grid import make_grid, resample
+
+    for case in cases:
+        g = make_grid(case.scan, 2.0, 16)
+        assert g.shape[0] % 16 == 0 and g.shape[1] % 16 == 0
+        lv = case.levels
+        pts = np.array([l.centroid for l in lv])
+        assert np.allclose(g.to_lps(g.from_lps(pts)), pts, atol=1e-6)
+        rc = g.from_lps(pts)
+        assert np.all(np.diff(rc[:, 0]) > 0), "rows must run superior -> inferior"
+        c = g.from_lps(lv["L3"].corners)
+        assert c[0, 1] < c[1, 1] and c[3, 1] < c[2, 1], "columns must run anterior -> posterior"
+        assert c[0, 0] < c[3, 0], "anterior-superior above anterior-inferior"
+        img = resample(case.scan, g)
+        assert img.shape == (case.scan.shape[0],) + g.shape and 0 <= img.min() and img.max() <= 1.5
+        # the same anatomy stored with swapped / flipped axes lands on the same canonical grid
+        other = _reoriented(case.scan)
+        g2 = make_grid(other, 2.0, 16)
+        assert g2.shape == g.shape
+        assert np.allclose(g2.from_lps(pts), rc, atol=1e-6)
+        img2 = resample(other, g2)
+        assert np.abs(img2 - img).mean() < 1e-3
+
+
+def test_grid_rejects_axial_stack(cases):
+    from SpineSSLLib.detect.grid import make_grid
+
+    s = cases[0].scan
+    A = np.eye(4)
+    A[:3, :3] = np.diag([1.0, 1.0, 4.0])  # axial slices
+    with pytest.raises(GeometryError, match="not a sagittal"):
+        make_grid(Scan(s.array, A), 2.0, path="x")
+
+
+# ---------------------------------------------------------------------------------- targets
+
+def test_targets_peak_at_each_level(cases):
+    from SpineSSLLib.detect.grid import make_grid
+    from SpineSSLLib.detect.targets import CHANNELS, FIRST_CORNER, FIRST_LEVEL, level_geometry, slice_targets
+
+    case = cases[0]
+    g = make_grid(case.scan, 2.0, 16)
+    geom = level_geometry(case.levels, g)
+    assert len(geom) == 7
+    for lg in geom:
+        t = slice_targets(geom, lg.mid_slice, g.shape, 2.0, 5.0, 8.0, 4.0, slice_mm=g.slice_mm)
+        assert t.shape == (len(CHANNELS),) + g.shape
+        r, c = int(round(lg.row)), int(round(lg.col))
+        lvl = t[FIRST_LEVEL + lg.index]
+        assert np.unravel_index(lvl.argmax(), lvl.shape) == pytest.approx((r, c), abs=1)
+        assert t[0, r, c] > 0.8  # the centre map peaks at the centroid on the mid slice
+        for k in range(4):
+            cr, cc = lg.corners[k]
+            assert t[FIRST_CORNER + k, int(round(cr)), int(round(cc))] > 0.8
+        # the centre map falls off away from the body's mid-sagittal plane
+        far = lg.mid_slice + 3 if lg.mid_slice + 3 < g.n_slices else lg.mid_slice - 3
+        t2 = slice_targets(geom, far, g.shape, 2.0, 5.0, 8.0, 4.0, slice_mm=g.slice_mm)
+        assert t2[0, r, c] < 0.6 * t[0, r, c]
+        assert t2[FIRST_LEVEL + lg.index, r, c] > 0.9  # but the level is still there
+
+
+# ------------------------------------------------------------------------------ model files
+
+def test_model_files_roundtrip_and_refusals(tmp_path):
+    import torch
+
+    from SpineSSLLib import checkpoint as ckpt
+    from SpineSSLLib.detect.model import PRESETS, DetectorConfig, build_network, checkpoint_config, load_detector
+
+    cfg = DetectorConfig(**PRESETS["tiny"])
+    net = build_network(cfg)
+    ckpt.save_checkpoint(tmp_path / "m", net, checkpoint_config(cfg, {"name": "t"}))
+    det = load_detector(tmp_path / "m")
+    assert det.config == cfg
+    x = torch.rand(2, cfg.in_channels, 64, 64)
+    net.eval()
+    with torch.no_grad():
+        assert torch.equal(net(x), det.network(x))
+    # a model made for another task is refused
+    ckpt.save_checkpoint(tmp_path / "other", net, {"task": "pretrain"})
+    with pytest.raises(CheckpointError, match="not detection"):
+        load_detector(tmp_path / "other")
+    # truncated weights are refused
+    w = tmp_path / "m" / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:100])
+    with pytest.raises(CheckpointError):
+        load_detector(tmp_path / "m")
+    with pytest.raises(CheckpointError):
+        load_detector(tmp_path / "nothing-here")
+
+
+# ------------------------------------------------------------------------ training + commands
+
+def test_tiny_training_run_then_detect_and_evaluate(cohort, tmp_path, capsys):
+    import csv
+
+    from SpineSSLLib.detect.model import load_detector
+
+    model = tmp_path / "model"
+    rc = main(["-q", "detect-train", str(cohort), "--out", str(model), "--preset", "tiny", "--epochs", "4",
+               "--samples-per-epoch", "24", "--batch-size", "8", "--val-fraction", "0", "--test-fraction", "0",
+               "--threads", "1"])
+    assert rc == 0
+    with open(model / "log.csv") as f:
+        log = list(csv.DictReader(f))
+    assert len(log) == 4
+    assert float(log[-1]["train_loss"]) < 0.7 * float(log[0]["train_loss"])
+    det = load_detector(model)  # best/ of a detect-train output
+    assert det.config.channels == (4, 8, 16, 32)
+    # resume continues from last/
+    rc = main(["-q", "detect-train", str(cohort), "--out", str(model), "--preset", "tiny", "--epochs", "5",
+               "--samples-per-epoch", "24", "--val-fraction", "0", "--test-fraction", "0", "--threads", "1",
+               "--resume"])
+    assert rc == 0
+    with open(model / "log.csv") as f:
+        assert len(list(csv.DictReader(f))) == 5
+
+    out = tmp_path / "detected"
+    rc = main(["-q", "detect", str(cohort / "dicom"), "--out", str(out), "--model", str(model),
+               "--reference", str(cohort / "truth"), "--markups", "--threads", "1"])
+    assert rc == 0
+    files = sorted(p for p in out.glob("*.json") if p.name != "evaluation.json")
+    assert len(files) == 2
+    for p in files:
+        d = json.loads(p.read_text())
+        assert d["schema"] == "spinessl.levels/1" and d["source"].startswith("detect:")
+        ls = LevelSet.from_dict(d)
+        for lv in ls:  # whatever an under-trained model finds has the full level structure
+            assert lv.name in LEVEL_NAMES and lv.corners.shape == (4, 3) and 0 <= lv.confidence <= 1
+            assert lv.slice_range[0] <= lv.mid_slice <= lv.slice_range[1]
+        assert (out / "markups" / f"{p.stem}.mrk.json").is_file()
+    ev = json.loads((out / "evaluation.json").read_text())
+    assert ev["n_scans"] == 2 and ev["n_reference_levels"] == 14
+    assert (out / "evaluation.png").stat().st_size > 1000
+    with open(out / "detect.csv") as f:
+        assert len(list(csv.DictReader(f))) == 2
+
+
+def test_detect_errors_are_one_line(cohort, tmp_path, capsys, monkeypatch):
+    rc = main(["detect", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "folder not found" in err and len(err.strip().splitlines()) == 1
+    from SpineSSLLib.detect import spinenet
+
+    (tmp_path / "empty").mkdir()
+    rc = main(["detect", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
+    assert rc == 2 and "no DICOM series or images found" in capsys.readouterr().err
+    # SpineNet is optional: without it, a clear message on how to get it
+    monkeypatch.setattr(spinenet, "available", lambda: False)
+    rc = main(["detect", str(cohort / "dicom"), "--out", str(tmp_path / "o"), "--detector", "spinenet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "pip install spinenet" in err and len(err.strip().splitlines()) == 1
+
+
+def test_detect_train_needs_levels(cohort, tmp_path, capsys):
+    rc = main(["detect-train", str(cohort / "dicom"), "--out", str(tmp_path / "m")])
+    assert rc == 2 and "DATA/truth does not exist" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------- evaluation
+
+def _levels(shift_names=False, drop=(), extra_noise=0.0):
+    out = {}
+    for v, name in enumerate(LEVEL_NAMES):
+        c = np.array([0.0, 30.0, 150.0 - 30.0 * v])
+        out[name] = Level(name, c + extra_noise, np.tile(c, (4, 1)), (2, 8), 5, 0.9)
+    if shift_names:  # every label one level too high
+        out = {LEVEL_NAMES[LEVEL_NAMES.index(n) - 1]: Level(LEVEL_NAMES[LEVEL_NAMES.index(n) - 1], l.centroid,
+                                                            l.corners, l.slice_range, l.mid_slice, l.confidence)
+               for n, l in out.items() if n != "T12"}
+    for d in drop:
+        out.pop(d, None)
+    return LevelSet(out)
+
+
+def test_compare_and_summarise():
+    from SpineSSLLib.detect.evaluate import compare, summarise
+
+    ref = _levels()
+    good = compare("a", _levels(extra_noise=1.0), ref)
+    assert good.all_correct and all(r["correct"] for r in good.per_level.values())
+    assert good.per_level["L3"]["centroid_mm"] == pytest.approx(np.sqrt(3.0))
+    shifted = compare("b", _levels(shift_names=True), ref)
+    assert not shifted.all_correct
+    assert sum(r["correct"] for r in shifted.per_level.values()) == 0
+    missing = compare("c", _levels(drop=("S1",)), ref)
+    assert not missing.all_correct and missing.per_level["S1"]["present"] is False
+    extra = compare("d", _levels(), _levels(drop=("T12",)))
+    assert extra.extra == ["T12"] and not extra.all_correct
+    s = summarise([good, shifted, missing, extra])
+    assert s["n_scans"] == 4 and s["scans_all_correct"] == 0.25
+    assert s["n_reference_levels"] == 27
+    assert s["labelling_accuracy"] == pytest.approx((7 + 0 + 6 + 6) / 27)
+    assert s["per_level"]["S1"]["labelling_accuracy"] == pytest.approx(2 / 4)
+    assert s["centroid_mm"]["n"] == 19 and not s["meets_targets"]
+
+
+def test_subject_split_keeps_subjects_together():
+    from SpineSSLLib.detect.cases import CaseRef, split_groups
+
+    refs = [CaseRef(f"s{i}v{v}", "x", f"subj{i}") for i in range(20) for v in range(2)]
+    a = split_groups(refs, 0.15, 0.2, seed=1)
+    b = split_groups(list(reversed(refs)), 0.15, 0.2, seed=1)
+    assert {k: sorted(r.key for r in v) for k, v in a.items()} == {k: sorted(r.key for r in v) for k, v in b.items()}
+    groups = {k: {r.group for r in v} for k, v in a.items()}
+    assert not (groups["train"] & groups["test"]) and not (groups["train"] & groups["val"])
+    assert len(groups["test"]) == 4 and len(groups["val"]) == 3

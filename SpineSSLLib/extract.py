@@ -446,7 +446,7 @@ def qc_figure(path, scan, levels: LevelSet, sv: ScanVolumes, title: str = "") ->
 # Level and grade sources for a batch
 # --------------------------------------------------------------------------------------------
 
-LEVEL_SOURCES = ("truth", "markups", "labels", "spinenet")
+LEVEL_SOURCES = ("truth", "markups", "labels", "spinenet", "detect")  # detect[:MODEL]: run the detector
 _PATTERNS = {
     "truth": ("{k}.json",),
     "markups": ("{k}.mrk.json", "{k}.json"),
@@ -467,6 +467,10 @@ class LevelSource:
         from .errors import ConfigError
 
         kind, sep, folder = spec.partition(":")
+        if kind == "detect":  # automatic detection; optional model folder (default: bundled model)
+            if folder and not os.path.isdir(folder):
+                raise ConfigError(f"detector model folder not found: {folder}")
+            return cls(kind, folder, mapping)
         if not sep or kind not in LEVEL_SOURCES or not folder:
             raise ConfigError(f"--levels must be KIND:FOLDER with KIND one of {', '.join(LEVEL_SOURCES)}, got {spec!r}")
         if not os.path.isdir(folder):
@@ -489,6 +493,11 @@ class LevelSource:
     def load(self, scan, keys: list[str]) -> tuple[LevelSet, str]:
         from . import levels as L
 
+        if self.kind == "detect":
+            from .detect.infer import detect_levels
+
+            return detect_levels(scan, self.folder or None, min_confidence=0.5,
+                                 where=scan.meta.get("source")), self.folder or "bundled detector"
         path = self.find(keys)
         if self.kind == "truth":
             return L.from_truth_json(path), path

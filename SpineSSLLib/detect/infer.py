@@ -174,3 +174,35 @@ def detect_scan(detector: Detector, scan: Scan, path=None, source: str | None = 
     src = source or f"detect:{detector.meta.get('config', {}).get('name') or detector.path.name}"
     ls = LevelSet(levels, issues, src)
     return Prediction(grid, image, maps, mid, res, ls)
+
+
+_LOADED: dict = {}
+
+
+def usable_levels(levels: LevelSet, min_confidence: float = 0.5) -> LevelSet:
+    """The levels a downstream stage may use: low-confidence levels are removed and named in
+    ``issues`` (flagged, never silently used)."""
+    keep, issues = {}, list(levels.issues)
+    for lv in levels:
+        if lv.confidence >= min_confidence:
+            keep[lv.name] = lv
+        else:
+            issues.append(f"{lv.name}: detection confidence {lv.confidence:.2f} < {min_confidence:g}; not used")
+    return LevelSet(keep, issues, levels.source)
+
+
+def detect_levels(scan: Scan, model=None, device: str = "auto", min_confidence: float | None = None,
+                  where=None) -> LevelSet:
+    """One-call automatic levels for a scan (the level source ``detect`` of ``spine-ssl extract``
+    and the Slicer module's automatic option).  ``model``: a model folder (default: the bundled
+    model), loaded once per process.  With ``min_confidence`` low-confidence levels are dropped
+    (see ``usable_levels``); without it they are kept and flagged in ``issues``."""
+    from ..train import select_device
+    from .model import load_detector
+
+    dev = str(select_device(device))
+    key = (str(model) if model else "", dev)
+    if key not in _LOADED:
+        _LOADED[key] = load_detector(model or None, device=dev)
+    levels = detect_scan(_LOADED[key], scan, where).levels
+    return usable_levels(levels, min_confidence) if min_confidence is not None else levels

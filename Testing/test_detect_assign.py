@@ -163,3 +163,33 @@ def test_find_peaks_subpixel_and_separation():
 def test_config_validation():
     with pytest.raises(ValueError):
         AssignConfig(min_separation_mm=0)
+
+
+def test_counting_from_the_sacrum_when_only_s1_is_recognisable():
+    """Lumbar levels look alike (flat level evidence); only the sacrum is distinctive."""
+    pos = spine_positions()
+    centre, _ = make_maps(pos)
+    levels = np.zeros((7, H, W))
+    for name, (r, c) in pos.items():
+        for v in range(6):
+            levels[v] = np.maximum(levels[v], gauss(r, c, 5.0, 0.3 if name != "S1" else 0.05))
+    r, c = pos["S1"]
+    levels[6] = gauss(r, c, 5.0, 0.9)
+    res = assign_levels(centre, levels, SP)
+    check(res, pos, LEVEL_NAMES)
+    assert res.levels["S1"].confidence > 0.5 and res.levels["L5"].chain > 0.9
+
+
+def test_no_level_identity_at_all_keeps_vertebrae_but_flags_them():
+    pos = spine_positions()
+    centre, _ = make_maps(pos)
+    levels = np.zeros((7, H, W))
+    for name, (r, c) in pos.items():
+        for v in range(7):
+            levels[v] = np.maximum(levels[v], gauss(r, c, 5.0, 0.28))
+    res = assign_levels(centre, levels, SP)
+    assert len(res.levels) == 7  # seven vertebrae, one per level, in anatomical order
+    rows = [res.levels[n].row for n in LEVEL_NAMES]
+    assert rows == sorted(rows)
+    assert all(a.confidence < 0.5 for a in res.levels.values())
+    assert len(res.issues) >= 7

@@ -49,7 +49,7 @@ class AssignConfig:
     drop_weight: float = 3.0  # cost of discarding a candidate, times its centre-peak height
     extra_above: int = 2  # labels allowed above T12 (T11, T10)
     extra_below: int = 2  # labels allowed below S1 (S2, S3)
-    outside_penalty: float = 0.7  # extra cost of an outside-the-set label (prefers T12..S1 when unsure)
+    outside_penalty: float = 1.2  # extra log-cost of an outside-the-set label (prefers T12..S1 when unsure)
     evidence_radius_px: int = 1  # level evidence = max of the level map in this neighbourhood
     weak_evidence: float = 0.3  # local level evidence below this is flagged
     low_confidence: float = 0.5  # confidence below this is flagged
@@ -228,11 +228,14 @@ def _viterbi(peaks: list[Peak], ev: np.ndarray, spacing_mm: float, cfg: AssignCo
     n = len(peaks)
     vals = np.arange(-cfg.extra_above, N_LEVELS + cfg.extra_below)  # extended label values
     V = len(vals)
-    # unary log-scores
+    # unary log-scores of the labels, relative to the best label of that candidate: whether a
+    # candidate is kept is decided by its centre peak (drop cost) and the chain geometry, not by
+    # how sure the level maps are; an outside label scores (1 - max evidence) x exp(-penalty)
     u = np.empty((n, V))
-    outside = np.log(np.clip(1.0 - ev.max(axis=1), 0.0, 1.0) + cfg.eps) - cfg.outside_penalty
+    outside = np.clip(1.0 - ev.max(axis=1), 0.0, 1.0) * np.exp(-cfg.outside_penalty)
     for a, v in enumerate(vals):
-        u[:, a] = np.log(ev[:, v] + cfg.eps) if 0 <= v < N_LEVELS else outside
+        u[:, a] = np.log((ev[:, v] if 0 <= v < N_LEVELS else outside) + cfg.eps)
+    u -= u.max(axis=1, keepdims=True)
     drop = cfg.drop_weight * np.array([max(p.height, 0.0) for p in peaks])
     cum_drop = np.concatenate([[0.0], np.cumsum(drop)])  # cum_drop[k] = sum drop[0:k]
 

@@ -641,3 +641,149 @@ def _checkpoint_fingerprint(d: Path) -> dict:
     meta = ckpt.read_meta(d)
     return {"task": (meta.get("config") or {}).get("task"), "epoch": meta.get("epoch"),
             "weights_sha256": meta.get("files", {}).get("model.safetensors")}
+
+
+# --------------------------------------------------------------------------------------------
+# Inference for users: one scan -> per-disc grades
+# --------------------------------------------------------------------------------------------
+
+GRADES_SCHEMA = "spinessl.grades/1"
+
+
+@dataclass
+class GradingModel:
+    """A loaded grading model: the network, its class names and where it came from."""
+
+    model: object
+    class_names: list[str]
+    meta: dict
+
+    @property
+    def mode(self) -> str:
+        return (self.meta.get("config") or {}).get("mode", "")
+
+
+def load_grading_model(path: str | os.PathLike, device: str = "auto") -> GradingModel:
+    """Load a grading checkpoint (a folder, or a ``grade-train`` output folder holding ``best/``)."""
+    from . import checkpoint as ckpt
+    from .errors import CheckpointError
+    from .models import ModelConfig, VGGMNet
+    from .train import select_device
+
+    d = resolve_checkpoint_dir(path)
+    meta = ckpt.read_meta(d)
+    c = meta.get("config") or {}
+    if c.get("task") != "grade" or not c.get("class_names"):
+        raise CheckpointError(f"not a grading model (task {c.get('task')!r}); train one with `spine-ssl grade-train`", d)
+    model = VGGMNet(ModelConfig.from_dict(c["model"]), int(c["num_classes"]), tuple(c.get("in_hw", IVD_HW)))
+    ckpt.load_checkpoint(d, model)
+    model.to(select_device(device)).eval()
+    return GradingModel(model, list(c["class_names"]), meta)
+
+
+def grade_volumes(gm: GradingModel, ivd: np.ndarray, present: np.ndarray, discs: Sequence[str],
+                  affines: np.ndarray | None = None, tta: TTAConfig | None = None) -> dict:
+    """Grade the present discs of one scan (``ivd`` (6, 9, 112, 224)); returns the grades document
+    (schema ``spinessl.grades/1``): per disc level, present, grade, class probabilities and the
+    disc centre in LPS mm when ``affines`` (volume voxel -> LPS) are given."""
+    tta = tta or TTAConfig()
+    present = np.asarray(present, dtype=bool)
+    idx = np.flatnonzero(present)
+    probs = predict_proba(gm.model, np.asarray(ivd, dtype=np.float32)[idx], tta) if idx.size else np.zeros((0, len(gm.class_names)))
+    out = []
+    row_of = {int(i): r for r, i in enumerate(idx)}
+    for i, name in enumerate(discs):
+        entry = {"level": str(name), "present": bool(present[i])}
+        if present[i]:
+            p = probs[row_of[i]]
+            entry["grade"] = gm.class_names[int(np.argmax(p))]
+            entry["probabilities"] = {c: round(float(v), 6) for c, v in zip(gm.class_names, p)}
+        else:
+            entry["grade"] = None
+            entry["probabilities"] = None
+        if affines is not None and present[i]:
+            k, h, w = np.asarray(ivd).shape[1:]
+            centre = np.asarray(affines[i]) @ np.array([(w - 1) / 2, (h - 1) / 2, (k - 1) / 2, 1.0])
+            entry["centre_lps"] = [round(float(v), 3) for v in centre[:3]]
+        out.append(entry)
+    files = gm.meta.get("files", {})
+    return {"schema": GRADES_SCHEMA,
+            "model": {"mode": gm.mode, "class_names": gm.class_names,
+                      "preset": (gm.meta.get("config") or {}).get("model", {}).get("preset"),
+                      "weights_sha256": files.get("model.safetensors")},
+            "tta": {"shifts": [list(s) for s in tta.shifts], "slice_offsets": list(tta.slice_offsets),
+                    "flip": tta.flip, "n_views": tta.n_views},
+            "discs": out}
+
+
+def grades_csv_rows(doc: dict) -> list[dict]:
+    """The grades document as CSV rows: level, present, grade, p_<class>..., centre (LPS mm)."""
+    names = doc["model"]["class_names"]
+    rows = []
+    for d in doc["discs"]:
+        r = {"level": d["level"], "present": int(d["present"]), "grade": d["grade"] or ""}
+        for c in names:
+            r[f"p_{c}"] = "" if not d["probabilities"] else d["probabilities"][c]
+        c = d.get("centre_lps") or ["", "", ""]
+        r.update(centre_l_mm=c[0], centre_p_mm=c[1], centre_s_mm=c[2])
+        rows.append(r)
+    return rows
+
+
+def grade_scan(gm: GradingModel, scan, levels, tta: TTAConfig | None = None, extract_config=None) -> dict:
+    """Extract the disc volumes of ``scan`` at ``levels`` (``extract.extract_scan``) and grade them."""
+    from .extract import extract_scan
+
+    sv = extract_scan(scan, levels, extract_config)
+    doc = grade_volumes(gm, sv.ivd, sv.ivd_present, sv.discs, sv.ivd_affine, tta)
+    doc["issues"] = list(sv.issues) + list(getattr(levels, "issues", []))
+    return doc
+
+
+# --------------------------------------------------------------------------------------------
+# ONNX export
+# --------------------------------------------------------------------------------------------
+
+def export_onnx(gm: GradingModel, path: str | os.PathLike, opset: int = 17) -> Path:
+    """Export the grading network (input ``volumes`` (N, 1, 9, 112, 224) float32, output
+    ``probabilities`` (N, C) softmax) to ONNX, atomically."""
+    import torch
+
+    from .atomic import atomic_path
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return torch.softmax(self.net(x)[1], dim=1)
+
+    net = gm.model
+    dev = next(net.parameters()).device
+    w = Wrapped(net).to("cpu").eval()
+    x = torch.zeros(1, 1, IVD_SHAPE[0], *net.in_hw)
+    path = Path(path)
+    import warnings
+
+    with atomic_path(path, suffix=".onnx") as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer notes about shape checks that are constant here
+        torch.onnx.export(w, (x,), str(tmp), input_names=["volumes"], output_names=["probabilities"],
+                          dynamic_axes={"volumes": {0: "n"}, "probabilities": {0: "n"}}, opset_version=opset,
+                          dynamo=False)
+    net.to(dev)
+    return path
+
+
+def onnx_predict(path: str | os.PathLike, volumes: np.ndarray, threads: int | None = None) -> np.ndarray:
+    """Probabilities from an exported model with ONNX Runtime (CPU)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    x = np.asarray(volumes, dtype=np.float32)
+    if x.ndim == 4:
+        x = x[:, None]
+    return sess.run(["probabilities"], {"volumes": x})[0]

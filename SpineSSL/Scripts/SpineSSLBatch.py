@@ -8,7 +8,7 @@ Run with the full Slicer application but no window:
     Slicer --no-splash --no-main-window --python-script SpineSSL/Scripts/SpineSSLBatch.py \\
         --list scans.csv --out /data/spinessl-slicer-out      # columns: image, levels[, key]
 
-Per scan ``OUT/<key>/<key>.mrk.json`` (levels, locked), ``<key>.seg.nrrd`` (one segment per disc
+Per scan (``--save-volume``: also the scan as ``<key>.nrrd``) ``OUT/<key>/<key>.mrk.json`` (levels, locked), ``<key>.seg.nrrd`` (one segment per disc
 and vertebral body) and, when grades are known (a synthetic cohort's truth, or a ``grader``
 passed to ``process_batch``), ``<key>.csv`` (+ ``.schema.csv``); one row per scan in
 ``OUT/batch.csv``.  Keys are pseudonymous (salted hash of the input path; the salt stays
@@ -41,6 +41,7 @@ class BatchItem:
     levels: Path  # Slicer .mrk.json or a synthetic truth .json
     key: str = ""  # output stem (pseudonymous); filled by assign_keys when empty
     grades_from_truth: bool = False  # synthetic cohort: show the truth grades (no model given)
+    save_volume: bool = False  # also write the scan as <key>.nrrd (for figures and review)
 
 
 def load_or_create_salt(out_dir: Path) -> str:
@@ -63,17 +64,16 @@ def assign_keys(items: list[BatchItem], salt: str, root: Path | None = None) -> 
 
 
 def synthetic_items(root: Path) -> list[BatchItem]:
-    """All series of a ``spine-ssl synth`` cohort with their ground-truth levels."""
+    """All series of a ``spine-ssl synth`` cohort with their ground-truth levels, by subject and
+    visit (baseline first)."""
     from SpineSSLLib.errors import InputError
 
     truths = sorted((root / "truth").glob("*.json"))
     if not (root / "cohort.json").is_file() or not truths:
         raise InputError("not a synthetic cohort (no cohort.json / truth/*.json)", root)
-    items = []
-    for t in truths:
-        doc = json.loads(t.read_text())
-        items.append(BatchItem(root / doc["dicom_dir"], t, grades_from_truth=True))
-    return items
+    docs = sorted(((json.loads(t.read_text()), t) for t in truths),
+                  key=lambda x: (x[0].get("subject_id", ""), x[0].get("visit", 0)))
+    return [BatchItem(root / doc["dicom_dir"], t, grades_from_truth=True) for doc, t in docs]
 
 
 def list_items(path: Path) -> list[BatchItem]:
@@ -123,6 +123,8 @@ def process_item(scene, item: BatchItem, out_dir: Path, grader=None) -> dict:
         results = []
     outputs = S.show_results(scene, volume, scan, used, volumes, results)
     files = S.save_outputs(outputs, out_dir / item.key, item.key)
+    if item.save_volume:
+        files["volume"] = S.save_volume(volume, out_dir / item.key / f"{item.key}.nrrd")
     grades = {r.name: r.grade for r in results if r.kind == "IVD"}
     return {"key": item.key, "status": "ok", "levels": len(used), "discs": int(volumes.ivd_present.sum()),
             "grades": " ".join(f"{k}={'' if v is None else v}" for k, v in grades.items()),
@@ -162,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--cohort", type=Path, help="a synthetic cohort folder (spine-ssl synth OUT)")
     src.add_argument("--list", type=Path, help="CSV with columns image, levels[, key]")
     p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--save-volume", action="store_true", help="also save each scan as <key>.nrrd")
     return p
 
 
@@ -171,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         items = synthetic_items(args.cohort) if args.cohort else list_items(args.list)
+        for item in items:
+            item.save_volume = args.save_volume
         rows = process_batch(items, args.out, root=args.cohort or args.list.parent)
     except SpineSSLError as e:
         print(f"SpineSSLBatch: error: {e}", file=sys.stderr)

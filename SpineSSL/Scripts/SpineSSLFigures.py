@@ -1,0 +1,98 @@
+"""Figures for the user guide from real SpineSSL module outputs (no Slicer window needed).
+
+    python SpineSSL/Scripts/SpineSSLFigures.py BATCH_OUT --out docs/images
+
+``BATCH_OUT`` is a folder written by ``SpineSSLBatch.py --save-volume``: per scan ``<key>.nrrd``,
+``<key>.seg.nrrd``, ``<key>.mrk.json`` and ``<key>.csv``.  All files are read back through
+Slicer's own storage nodes (slicer-core), the segments are resampled onto the scan grid by
+Slicer's segmentation export, and drawn over the scan's mid-sagittal slice with the level
+points; one panel per scan (e.g. baseline and follow-up of one subject).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def scan_panel(ax, folder: Path, title: str | None = None):
+    import numpy as np
+    import slicer
+
+    from SpineSSLLib import scene as S
+
+    key = folder.name
+    sc = slicer.vtkMRMLScene()
+    volume = S.load_volume(sc, folder / f"{key}.nrrd")
+    scan = S.scan_from_volume_node(volume)
+    seg = S.load_segmentation(sc, folder / f"{key}.seg.nrrd")
+    levels = S.levels_from_markups(S.load_markups(sc, folder / f"{key}.mrk.json"))
+    table = folder / f"{key}.csv"
+    grades = {r.name: r.grade for r in S.results_from_table(S.load_table(sc, table))} if table.is_file() else {}
+    # mid-sagittal slice: the scan slice nearest the mean of the level centroids
+    centre = np.mean([lv.centroid for lv in levels], axis=0)
+    k = int(np.clip(np.rint(scan.lps_to_index(centre)[2]), 0, scan.shape[0] - 1))
+    image = scan.array[k]
+    di, dj = scan.spacing[0], scan.spacing[1]
+    extent = (-0.5 * di, (image.shape[1] - 0.5) * di, (image.shape[0] - 0.5) * dj, -0.5 * dj)
+    lo, hi = np.percentile(image, [1, 99.5])
+    ax.imshow(image, cmap="gray", vmin=lo, vmax=hi, extent=extent)
+    for info in S.segment_info(seg):
+        mask = S.segment_mask(seg, info["name"], scan.affine, scan.shape)[k]
+        if not mask.any():
+            continue
+        ax.contour(np.arange(image.shape[1]) * di, np.arange(image.shape[0]) * dj, mask.astype(float),
+                   levels=[0.5], colors=[info["color"]], linewidths=1.2)
+        if info["tags"].get(S.KIND_TAG) == "IVD":
+            jj, ii = np.nonzero(mask)
+            g = grades.get(info["name"])
+            ax.text(ii.max() * di + 3, jj.mean() * dj, f"{info['name']}: {'-' if g is None else g}",
+                    color=info["color"], fontsize=7, va="center")
+    for lv in levels:
+        i, j, _ = scan.lps_to_index(lv.centroid)
+        ax.plot(i * di, j * dj, "o", ms=3, color="#00e5ff")
+        ax.text(i * di - 4, j * dj, lv.name, color="#00e5ff", fontsize=7, ha="right", va="center")
+    ax.set_title(title or key, fontsize=9)
+    ax.set_axis_off()
+
+
+def main(argv=None) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from SpineSSLLib import atomic
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("batch_out", type=Path)
+    p.add_argument("--out", type=Path, default=Path("docs/images"))
+    p.add_argument("--name", default="slicer_module_outputs.png")
+    args = p.parse_args(argv)
+    import csv
+
+    order = []
+    if (args.batch_out / "batch.csv").is_file():  # the batch's scan order (baseline first for a cohort)
+        with open(args.batch_out / "batch.csv", newline="") as f:
+            order = [r["key"] for r in csv.DictReader(f)]
+    folders = [d for d in args.batch_out.iterdir() if d.is_dir() and (d / f"{d.name}.nrrd").is_file()]
+    folders.sort(key=lambda d: (order.index(d.name) if d.name in order else len(order), d.name))
+    if not folders:
+        print(f"{args.batch_out}: no scan folders with <key>.nrrd (run SpineSSLBatch.py --save-volume)",
+              file=sys.stderr)
+        return 2
+    fig, axes = plt.subplots(1, len(folders), figsize=(4.2 * len(folders), 5.2), squeeze=False)
+    for n, (ax, folder) in enumerate(zip(axes[0], folders)):
+        scan_panel(ax, folder, f"scan {n + 1} ({folder.name})")
+    fig.suptitle("SpineSSL outputs over the mid-sagittal slice: levels (cyan), VB and disc segments "
+                 "(discs coloured by grade)", fontsize=9)
+    fig.tight_layout()
+    with atomic.atomic_path(args.out / args.name) as tmp:
+        fig.savefig(tmp, dpi=130)
+    print(args.out / args.name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -20,11 +20,12 @@ from SpineSSLLib.cli import main as cli
 REPO = Path(__file__).resolve().parents[1]
 MODULE = REPO / "SpineSSL" / "SpineSSL.py"
 BATCH = REPO / "SpineSSL" / "Scripts" / "SpineSSLBatch.py"
+FIGURES = REPO / "SpineSSL" / "Scripts" / "SpineSSLFigures.py"
 UI = REPO / "SpineSSL" / "Resources" / "UI" / "SpineSSL.ui"
 
 
-def _load_batch():
-    spec = importlib.util.spec_from_file_location("SpineSSLBatch", BATCH)
+def _load_script(path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # dataclasses resolve annotations through sys.modules
     spec.loader.exec_module(mod)
@@ -32,14 +33,26 @@ def _load_batch():
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
+def synth_run(tmp_path_factory):
+    """`spine-ssl synth` run as the module runs the CLI: a subprocess with SPINESSL_PROGRESS=lines."""
+    import os
+    import subprocess
+
     root = tmp_path_factory.mktemp("batch") / "cohort"
-    assert cli(["-q", "synth", str(root), "--preset", "tiny", "--subjects", "1", "--seed", "5"]) == 0
-    return root
+    env = dict(os.environ, SPINESSL_PROGRESS="lines")
+    out = subprocess.run([sys.executable, "-m", "SpineSSLLib", "synth", str(root), "--preset", "tiny",
+                          "--subjects", "1", "--seed", "5"], capture_output=True, text=True, env=env, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    return root, out.stdout
+
+
+@pytest.fixture(scope="module")
+def cohort(synth_run):
+    return synth_run[0]
 
 
 def test_batch_core_processes_each_scan_in_a_scene_and_saves_outputs(cohort, tmp_path):
-    batch = _load_batch()
+    batch = _load_script(BATCH)
     items = batch.synthetic_items(cohort)
     n = len(items)
     # a broken scan in the middle: the batch reports it and carries on
@@ -47,6 +60,8 @@ def test_batch_core_processes_each_scan_in_a_scene_and_saves_outputs(cohort, tmp
     broken.mkdir()
     (broken / "IM0001.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"garbage")
     items.insert(1, batch.BatchItem(broken, items[0].levels))
+    for item in items:
+        item.save_volume = True
     out = tmp_path / "out"
     rows = batch.process_batch(items, out, root=cohort)
     assert [r["status"] for r in rows].count("ok") == n and rows[1]["status"] == "failed"
@@ -60,7 +75,7 @@ def test_batch_core_processes_each_scan_in_a_scene_and_saves_outputs(cohort, tmp
         assert row["key"].startswith("scan_") and row["discs"] == 6
         d = out / row["key"]
         assert sorted(p.name for p in d.iterdir()) == sorted(
-            [f"{row['key']}{s}" for s in (".mrk.json", ".seg.nrrd", ".csv", ".schema.csv")])
+            [f"{row['key']}{s}" for s in (".mrk.json", ".seg.nrrd", ".csv", ".schema.csv", ".nrrd")])
         truth = json.loads(Path(item.levels).read_text())
         # the saved outputs load back into a fresh scene with the truth's levels and grades
         scene = slicer.vtkMRMLScene()
@@ -81,10 +96,15 @@ def test_batch_core_processes_each_scan_in_a_scene_and_saves_outputs(cohort, tmp
     # pseudonymous outputs: neither the subject id nor folder names appear anywhere
     written = b"".join(p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != "batch_salt.txt")
     assert b"S00001" not in written and b"dicom/" not in written
+    # the documentation figure command runs on these outputs
+    figures = _load_script(FIGURES)
+    assert figures.main([str(out), "--out", str(tmp_path / "img"), "--name", "fig.png"]) == 0
+    png = (tmp_path / "img" / "fig.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
 
 
 def test_batch_main_exit_codes(cohort, tmp_path):
-    batch = _load_batch()
+    batch = _load_script(BATCH)
     assert batch.main(["--cohort", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
     lst = tmp_path / "scans.csv"
     lst.write_text("image,levels\nmissing_folder,missing.mrk.json\n")
@@ -92,3 +112,92 @@ def test_batch_main_exit_codes(cohort, tmp_path):
     with open(tmp_path / "o2" / "batch.csv", newline="") as f:
         (row,) = list(csv.DictReader(f))
     assert row["status"] == "failed" and "missing_folder" not in row["error"]
+
+
+# --- static checks of what only real Slicer runs ---------------------------------------------
+
+def _module_tree():
+    return ast.parse(MODULE.read_text(), filename=str(MODULE))
+
+
+def _ui_widgets():
+    root = ET.parse(UI).getroot()
+    widgets = {w.get("name"): w for w in root.iter("widget")}
+    params = {}
+    for name, w in widgets.items():
+        for prop in w.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                params[prop.find("string").text] = name
+    return widgets, params
+
+
+def test_module_parameter_node_fields_match_the_ui_and_every_ui_reference_exists():
+    tree = _module_tree()
+    wrapper = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SpineSSLParameterNode")
+    assert any(ast.unparse(d) == "parameterNodeWrapper" for d in wrapper.decorator_list)
+    fields = {n.target.id for n in wrapper.body if isinstance(n, ast.AnnAssign)}
+    widgets, params = _ui_widgets()
+    assert set(params) == fields, (set(params) ^ fields)
+    referenced = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+                  and isinstance(n.value, ast.Attribute) and n.value.attr == "ui"}
+    missing = sorted(referenced - set(widgets))
+    assert not missing, f"SpineSSL.py uses ui widgets that the .ui lacks: {missing}"
+    # every parameter the logic reads exists in the parameter node
+    used = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
+            and n.value.id == "p"}
+    assert used <= fields | {"GetID"}, used - fields
+
+
+def test_module_template_shape_sample_data_dependencies_and_subprocess():
+    src = MODULE.read_text()
+    tree = _module_tree()
+    funcs = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+    for name in ("registerSampleData", "ensureDependencies", "startCli", "stopCli", "onCancel", "extract", "grade",
+                 "compare", "loadSyntheticSubject", "runTest", "test_sample_extract_and_outputs"):
+        assert name in funcs, name
+    assert "registerCustomSampleDataSource" in src and "startupCompleted()" in src
+    assert "PyTorchUtils" in src and "installTorch" in src and "confirmOkCancelDisplay" in src
+    assert "launchConsoleProcess" in src and '"SPINESSL_PROGRESS": "lines"' in src and "PythonSlicer" in src
+    # no heavy import at module import time: torch/SpineSSLLib only inside functions
+    top = {a.name.split(".")[0] for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))
+           for a in n.names} | {n.module.split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom) and n.module}
+    assert not top & {"torch", "SpineSSLLib", "monai", "numpy"}
+    cmake = (REPO / "SpineSSL" / "CMakeLists.txt").read_text()
+    assert "Scripts/${MODULE_NAME}Batch.py" in cmake
+
+
+def test_progress_lines_of_a_real_cli_run_drive_the_progress_parser(synth_run):
+    tree = _module_tree()
+    fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "parseProgressLine")
+    ns = {}
+    exec(compile(ast.Module(body=[fn], type_ignores=[]), str(MODULE), "exec"), ns)
+    parse = ns["parseProgressLine"]
+    _, stdout = synth_run
+    parsed = [parse(line) for line in stdout.splitlines()]
+    progress = [p for p in parsed if p is not None]
+    assert progress, stdout[:500]
+    done, total, desc = progress[-1]
+    assert total > 0 and done == total and desc
+    assert parse("synthetic cohort in /x: 1 subjects") is None and parse("PROGRESS x/y") is None
+
+
+def test_extensions_index_entry_matches_the_cmake_project_and_resources_resolve():
+    import re
+
+    entry = json.loads((REPO / "SpineSSL.json").read_text())
+    allowed = {"$schema", "build_dependencies", "build_subdirectory", "category", "scm_revision", "scm_type",
+               "scm_url", "tier"}
+    assert set(entry) <= allowed and {"$schema", "category", "scm_url"} <= set(entry)
+    assert "slicer-extension-catalog-entry-schema-v1.0" in entry["$schema"]
+    top = (REPO / "CMakeLists.txt").read_text()
+    assert re.search(r"project\((\w+)\)", top).group(1) == "SpineSSL" == (REPO / "SpineSSL.json").stem
+    assert f'set(EXTENSION_CATEGORY "{entry["category"]}")' in top
+    assert entry["build_dependencies"] == ["PyTorch"] and 'EXTENSION_DEPENDS "PyTorch"' in top
+    repo_name = entry["scm_url"].rstrip("/").removesuffix(".git").rsplit("/", 1)[1]
+    assert repo_name.startswith("Slicer") and not entry["$schema"].startswith("Slicer")
+    # icon and screenshot URLs point at files of this repository
+    for key in ("EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+        urls = re.search(rf'set\({key} "([^"]+)"\)', top).group(1).split()
+        for url in urls:
+            rel = url.split("/main/", 1)[1]
+            assert (REPO / rel).is_file(), f"{key}: {rel} does not exist"

@@ -246,11 +246,17 @@ class _Scene:
         zi = np.clip(np.searchsorted(self.z_nodes, z), 1, len(self.z_nodes) - 1)
         zlo, zhi = self.z_nodes[zi - 1], self.z_nodes[zi]
         dz = np.minimum(np.abs(z - (zlo - 4)), np.abs(z - (zhi - 4)))
-        proc = (yr > canal_p) & (yr < canal_p + 42) & (dz < 9) & (np.abs(xr) < 6 + 10 * (yr < canal_p + 8))
-        rim = np.clip(9 - dz, 0, 1.5) / 1.5
-        out = np.where(proc, I["marrow"] * 0.85 * (0.3 + 0.7 * rim), out)
-        interspinous = (yr > canal_p) & (yr < canal_p + 42) & (dz >= 9) & (np.abs(xr) < 6)
-        out = np.where(interspinous, I["fat"] * 0.75, out)
+        # spinous processes slope downwards and taper posteriorly; dark cortex, marrow inside,
+        # dark interspinous ligaments between them
+        behind = yr - canal_p
+        zs = z + 0.45 * np.clip(behind, 0, None)
+        dzs = np.minimum(np.abs(zs - (zlo - 4)), np.abs(zs - (zhi - 4)))
+        half = 8.5 - 0.08 * np.clip(behind, 0, None)
+        post_el = (behind > 0) & (behind < 44) & (np.abs(xr) < 5 + 11 * (behind < 8))
+        proc = post_el & (dzs < half)
+        cortex = np.clip((half - dzs) / 1.2, 0, 1)
+        out = np.where(post_el & ~proc & (np.abs(xr) < 4), I["ligament"] * 1.8, out)
+        out = np.where(proc, I["marrow"] * 0.8 * (0.15 + 0.85 * cortex), out)
         # pedicles connect VB and posterior elements laterally
         ped = (yr > canal_a - 2) & (yr < canal_p + 2) & (np.abs(xr) > 9) & (np.abs(xr) < 20) & (dz < 7)
         out = np.where(ped, I["marrow"] * 0.9, out)
@@ -300,7 +306,14 @@ class _Scene:
             val = val * (1 - 0.7 * np.exp(-((v / 0.8) ** 2 + ((u + 0.1 * st.depth) / (0.25 * st.depth)) ** 2)))
         return val.astype(np.float32), m.astype(np.float32)
 
-    def vb(self, st: Structure, x, y, z, lin):
+    def vb_texture(self, st: Structure, lin) -> np.ndarray:
+        p0, ci, cj, iw, jw = lin
+        ti = st.params["truth_index"]
+        idx = ti if ti is not None else (0 if st.name in ("T10", "T11") else 6)
+        E = np.stack([st.e_u, st.e_v, st.e_w])
+        return _texture(self.va, idx, E @ (p0 - st.centre), E @ ci, E @ cj, iw, jw)
+
+    def vb(self, st: Structure, x, y, z, tex_window):
         va = self.va
         u, v, w = self.structure_local(st, x, y, z)
         ti = st.params["truth_index"]
@@ -312,9 +325,7 @@ class _Scene:
         val = np.zeros(u.shape, dtype=np.float32)
         if not inside.any():
             return val, m.astype(np.float32)
-        p0, ci, cj, iw, jw = lin
-        E = np.stack([st.e_u, st.e_v, st.e_w])
-        tex = _texture(va, idx, E @ (p0 - st.centre), E @ ci, E @ cj, iw, jw)[inside]
+        tex = tex_window[inside]
         u, v, w, sd, sup, inf = u[inside], v[inside], w[inside], sd[inside], sup[inside], inf[inside]
         marrow = self.I["marrow"] * st.params["marrow"]
         vi = marrow * (1 + 0.17 * tex)
@@ -372,7 +383,6 @@ def render(va: VisitAnatomy, acq: Acquisition, seed: int) -> Rendered:
     K, n = acq.n_slices, acq.matrix
     Rb = acq.rotation
     shift = TABLE + acq.body_shift
-    to_body = lambda p: (p - shift) @ Rb  # LPS -> body: Rb^T (p - shift)
     to_lps = lambda p: np.asarray(p) @ Rb.T + shift
     Ab = A.copy()
     Ab[:3, :3] = Rb.T @ A[:3, :3]
@@ -380,7 +390,7 @@ def render(va: VisitAnatomy, acq: Acquisition, seed: int) -> Rendered:
     ii = np.arange(n, dtype=np.float32)
     vol = np.zeros((K, n, n), dtype=np.float32)
     lab = np.zeros((K, n, n), dtype=np.uint16)
-    sub = (-1 / 3, 0.0, 1 / 3)  # sub-slice positions as fractions of the slice thickness
+    sub = (-0.25, 0.25)  # sub-slice positions (fractions of the slice thickness): 2-point slab average
     structs = sc.structs
     discs = [s for s in structs if s.kind == "IVD"]
     vbs = [s for s in structs if s.kind == "VB"]
@@ -395,46 +405,50 @@ def render(va: VisitAnatomy, acq: Acquisition, seed: int) -> Rendered:
                                        (p0, 2 * ci, 2 * cj, np.arange(m_c), np.arange(m_c)))
         bg = _up2(bg_c, n)
         lk = np.where(_up2(canal_c.astype(np.float32), n) > 0.5, CANAL_LABEL, 0).astype(np.uint16)
-        acc = np.zeros((n, n), dtype=np.float32)
         normal = np.cross(ci, cj)
         normal /= np.linalg.norm(normal)
-        for o in sub:
-            kk = k + o * acq.thickness / acq.between
-            p0 = Ab[:3, 3] + Ab[:3, 2] * kk
-            img = bg.copy()
-            centre_sub = o == 0.0
-            for st in discs + vbs:
-                rel = st.centre - p0
-                dist = abs(float(rel @ normal))
-                if dist > st.width / 2 + 3:
+        pc = p0
+        subs = [Ab[:3, 3] + Ab[:3, 2] * (k + o * acq.thickness / acq.between) for o in sub]
+        imgs = [bg.copy() for _ in sub]
+        for st in discs + vbs:
+            rel = st.centre - pc
+            if abs(float(rel @ normal)) > st.width / 2 + 3 + acq.thickness / 2:
+                continue
+            # pixel window around the projected centre (structure extent in-plane), shared by the
+            # sub-slices (their in-plane offset is a fraction of a pixel)
+            ci_f = float(rel @ ci) / float(ci @ ci)
+            cj_f = float(rel @ cj) / float(cj @ cj)
+            ext = np.abs(st.e_u) * (st.depth / 2 + 7) + np.abs(st.e_v) * (st.height / 2 + 5)
+            r_i = float(ext @ np.abs(ci / np.linalg.norm(ci))) / acq.spacing + 2
+            r_j = float(ext @ np.abs(cj / np.linalg.norm(cj))) / acq.spacing + 2
+            i0, i1 = int(max(0, np.floor(ci_f - r_i))), int(min(n, np.ceil(ci_f + r_i) + 1))
+            j0, j1 = int(max(0, np.floor(cj_f - r_j))), int(min(n, np.ceil(cj_f + r_j) + 1))
+            if i0 >= i1 or j0 >= j1:
+                continue
+            iw = np.arange(i0, i1, dtype=np.float32)
+            jw = np.arange(j0, j1, dtype=np.float32)
+            tex, msum = None, None
+            if st.kind == "VB":  # marrow texture once per slice (it varies slowly across the slab)
+                tex = sc.vb_texture(st, (pc, ci, cj, iw, jw))
+            for si, (o, ps) in enumerate(zip(sub, subs)):
+                if abs(float((st.centre - ps) @ normal)) > st.width / 2 + 3:
                     continue
-                # window in pixel indices around the projected centre (structure extent in-plane)
-                ci_f = float(rel @ ci) / float(ci @ ci)
-                cj_f = float(rel @ cj) / float(cj @ cj)
-                ext = np.abs(st.e_u) * (st.depth / 2 + 8) + np.abs(st.e_v) * (st.height / 2 + 8)
-                r_i = float(ext @ np.abs(ci / np.linalg.norm(ci))) / acq.spacing + 2
-                r_j = float(ext @ np.abs(cj / np.linalg.norm(cj))) / acq.spacing + 2
-                i0, i1 = int(max(0, np.floor(ci_f - r_i))), int(min(n, np.ceil(ci_f + r_i) + 1))
-                j0, j1 = int(max(0, np.floor(cj_f - r_j))), int(min(n, np.ceil(cj_f + r_j) + 1))
-                if i0 >= i1 or j0 >= j1:
-                    continue
-                iw = np.arange(i0, i1, dtype=np.float32)
-                jw = np.arange(j0, j1, dtype=np.float32)
-                x, y, z = (np.float32(p0[a]) + np.float32(cj[a]) * jw[:, None] + np.float32(ci[a]) * iw[None, :]
+                x, y, z = (np.float32(ps[a]) + np.float32(cj[a]) * jw[:, None] + np.float32(ci[a]) * iw[None, :]
                            for a in range(3))
                 if st.kind == "IVD":
                     val, m = sc.disc(st, x, y, z)
                     label = disc_label(st.name)
                 else:
-                    val, m = sc.vb(st, x, y, z, (p0, ci, cj, iw, jw))
+                    val, m = sc.vb(st, x, y, z, tex)
                     label = vertebra_label(st.name)
+                img = imgs[si]
                 win = img[j0:j1, i0:i1]
                 img[j0:j1, i0:i1] = m * val + (1 - m) * win
-                if centre_sub and label:
-                    lw = lk[j0:j1, i0:i1]
-                    lk[j0:j1, i0:i1] = np.where(m > 0.5, label, lw)
-            acc += img
-        vol[k] = acc / len(sub)
+                msum = m if msum is None else msum + m
+            if msum is not None and label:  # label: the structure fills most of the slab
+                lw = lk[j0:j1, i0:i1]
+                lk[j0:j1, i0:i1] = np.where(msum > 0.5 * len(sub), label, lw)
+        vol[k] = sum(imgs) / len(sub)
         lab[k] = lk
     # scanner: in-plane PSF, coil bias, Rician noise, scale
     vol = gaussian_filter(vol, sigma=(0, 0.6, 0.6))
@@ -444,8 +458,8 @@ def render(va: VisitAnatomy, acq: Acquisition, seed: int) -> Rendered:
     vol = vol * bias[None].astype(np.float32)
     r = _rng(seed, 40_000_000 + va.subject.index, va.visit)
     sd = acq.noise_sd * BASE["marrow"]
-    n1 = r.normal(0, sd, vol.shape).astype(np.float32)
-    n2 = r.normal(0, sd, vol.shape).astype(np.float32)
+    n1 = r.standard_normal(vol.shape, dtype=np.float32) * np.float32(sd)
+    n2 = r.standard_normal(vol.shape, dtype=np.float32) * np.float32(sd)
     vol = np.sqrt((vol + n1) ** 2 + n2**2)
     arr = np.clip(np.round(vol * acq.intensity_scale), 0, 65535).astype(np.uint16)
     # ground truth geometry in LPS

@@ -424,11 +424,43 @@ def resolve_label_mapping(spec: str) -> dict[int, str]:
     raise ConfigError(f"unknown label mapping {spec!r}: use one of {sorted(LABEL_PRESETS)} or a mapping file")
 
 
+def align_to_grid(labels, scan, where):
+    """Re-index a label map onto the scan's voxel grid when both describe the same physical
+    grid with voxel axes permuted or flipped (e.g. a DICOM series re-ordered along its normal);
+    anything else -> ``LevelsError`` (wrong shape or geometry)."""
+    from .errors import LevelsError
+    from .io import Scan
+
+    M = np.linalg.inv(scan.affine) @ labels.affine  # label voxel -> scan voxel
+    R = np.rint(M[:3, :3])
+    ok = (np.abs(M[:3, :3] - R).max() < 1e-3 and np.all(np.abs(R).sum(axis=0) == 1)
+          and np.all(np.abs(R).sum(axis=1) == 1) and np.abs(M[:3, 3] - np.rint(M[:3, 3])).max() < 1e-2)
+    if not ok:
+        if sorted(labels.shape) != sorted(scan.shape):
+            raise LevelsError(f"label map shape {labels.shape} does not match the scan {scan.shape}", where)
+        raise LevelsError("label map geometry (origin/spacing/direction) does not match the scan", where)
+    t = np.rint(M[:3, 3]).astype(int)
+    K, J, I = scan.shape
+    # scan index along each scan axis a (0=i,1=j,2=k) = sign * label index along axis src + t
+    kk, jj, ii = np.meshgrid(np.arange(K), np.arange(J), np.arange(I), indexing="ij")
+    scan_ijk = np.stack([ii, jj, kk], -1).reshape(-1, 3)
+    lab_ijk = (scan_ijk - t) @ np.linalg.inv(R).T
+    lab_ijk = np.rint(lab_ijk).astype(int)
+    Kl, Jl, Il = labels.shape
+    inside = ((lab_ijk >= 0) & (lab_ijk < np.array([Il, Jl, Kl]))).all(axis=1)
+    if not inside.all():
+        if sorted(labels.shape) != sorted(scan.shape):
+            raise LevelsError(f"label map shape {labels.shape} does not match the scan {scan.shape}", where)
+        raise LevelsError("label map geometry (origin/spacing/direction) does not match the scan", where)
+    arr = labels.array[lab_ijk[:, 2], lab_ijk[:, 1], lab_ijk[:, 0]].reshape(K, J, I)
+    return Scan(arr, scan.affine)
+
+
 def from_labelmap(labels, scan, mapping: dict[int, str], where=None) -> LevelSet:
     """Levels from a label map on the scan's grid.
 
     ``labels``: a path (NIfTI/NRRD/MHA) or a ``Scan`` holding the labels.  The label map must
-    have the scan's shape and geometry (after both are put in sagittal axis order) or
+    lie on the scan's voxel grid (any axis order or flips, see ``align_to_grid``) or
     ``LevelsError`` is raised.  Per level: centroid = mean voxel position; mid slice = slice of
     the centroid; corners = the oriented bounding rectangle of the level's voxels on its mid
     slice, in the frame (spine axis from neighbouring centroids, its in-plane perpendicular).
@@ -440,11 +472,7 @@ def from_labelmap(labels, scan, mapping: dict[int, str], where=None) -> LevelSet
         where = where or os.fspath(labels)
         labels = read_image(labels)
     where = where or "label map"
-    if labels.shape != scan.shape:
-        raise LevelsError(f"label map shape {labels.shape} does not match the scan {scan.shape}", where)
-    tol = 1e-3 + 1e-3 * np.abs(scan.affine).max()
-    if np.max(np.abs(labels.affine - scan.affine)) > max(tol, 0.05):
-        raise LevelsError("label map geometry (origin/spacing/direction) does not match the scan", where)
+    labels = align_to_grid(labels, scan, where)
     lab = np.rint(labels.array).astype(np.int32)
     present = set(np.unique(lab).tolist())
     cents, voxels = {}, {}

@@ -173,6 +173,21 @@ def test_labelmap_wrong_geometry(tmp_path, phantom):
         L.from_labelmap(p, scan, L.resolve_label_mapping("synthetic"))
 
 
+def test_labelmap_on_a_flipped_copy_of_the_grid_is_accepted(phantom):
+    scan, lv = phantom
+    from extract_phantom import relabel_affine
+
+    lab = render_labels(scan.affine, scan.shape, lv).astype(np.float32)
+    aff2, apply = relabel_affine(scan.affine, scan.shape, flip_k=True, transpose_ij=True)
+    direct = L.from_labelmap(Scan(lab, scan.affine), scan, L.resolve_label_mapping("synthetic"), where="a")
+    flipped = L.from_labelmap(Scan(apply(lab), aff2), scan, L.resolve_label_mapping("synthetic"), where="b")
+    assert_same_levels(direct, flipped, 1e-9)
+    shifted = scan.affine.copy()
+    shifted[:3, 3] += scan.affine[:3, 1]  # one whole row off
+    with pytest.raises(LevelsError, match="geometry"):
+        L.from_labelmap(Scan(lab, shifted), scan, L.resolve_label_mapping("synthetic"), where="c")
+
+
 def test_spinenet_adapter(tmp_path, phantom):
     scan, lv = phantom
     extra = [{"predicted_label": "T11", "average_polygon": [[1, 1], [2, 1], [2, 2], [1, 2]], "slice_nos": [6]}]

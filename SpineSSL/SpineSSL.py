@@ -14,7 +14,7 @@ import shutil
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated, Optional, Union
+from typing import Annotated, Union
 
 import qt
 import slicer
@@ -139,6 +139,8 @@ class SpineSSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._process = None
+        self._pending = []
+        self._queue = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -461,7 +463,8 @@ class SpineSSLLogic(ScriptedLoadableModuleLogic):
             i = DISC_NAMES.index(structure)
             present, array, affine = v.ivd_present[i], v.ivd[i], v.ivd_affine[i]
         if not present:
-            raise ValueError(f"{structure} was not extracted ({'; '.join(v.issues) or 'no levels'})")
+            logging.warning("%s was not extracted (%s)", structure, "; ".join(v.issues) or "no levels")
+            return None
         name = f"{volumeNode.GetName()} extracted"
         node = slicer.mrmlScene.GetFirstNodeByName(name)
         return scene.volume_node_from_scan(slicer.mrmlScene, Scan(array, affine), name, node=node)
@@ -491,8 +494,8 @@ class SpineSSLLogic(ScriptedLoadableModuleLogic):
 
         if str(p.pretrainedModel) in ("", "."):
             raise ValueError("Choose a pretrained model folder (made by `spine-ssl pretrain`).")
-        if p.levelSource == "Markups" and not p.compareMarkups:
-            raise ValueError("Choose the levels (markups) of the second time point.")
+        if p.levelSource != "Detect" and not p.compareMarkups:
+            raise ValueError("Choose the level points (markups) of the second time point.")
         a = self._outputs(p)
         b = self._outputs(p, p.compareVolume, p.compareMarkups)
         results = scene.compare_volumes(a.volumes, b.volumes, p.pretrainedModel, threshold=p.sameThreshold)
@@ -568,7 +571,7 @@ class SpineSSLLogic(ScriptedLoadableModuleLogic):
         python = shutil.which("PythonSlicer") or sys.executable
         libDir = str(Path(SpineSSLLib.__file__).resolve().parent.parent)
         env = {"SPINESSL_PROGRESS": "lines", "PYTHONUNBUFFERED": "1",
-               "PYTHONPATH": os.pathsep.join([libDir, os.environ.get("PYTHONPATH", "")])}
+               "PYTHONPATH": os.pathsep.join(p for p in (libDir, os.environ.get("PYTHONPATH", "")) if p)}
         return slicer.util.launchConsoleProcess([python, "-m", "SpineSSLLib", *args], updateEnvironment=env)
 
     @staticmethod

@@ -265,7 +265,7 @@ def _image_records(root: Path, table: Path, salt: str, result: IndexResult):
             if not is_image_file(path):
                 raise InputError("not a NIfTI/NRRD/MHA file", path)
             scan = read_image(path)
-            normal = np.cross(scan.affine[:3, 0], scan.affine[:3, 1])
+            normal = scan.meta.get("acquired_normal") or np.cross(scan.affine[:3, 0], scan.affine[:3, 1])
             sp = scan.spacing
             obl = obliquity_deg(normal)
             row.update(rows=scan.shape[1], columns=scan.shape[2], slices=scan.shape[0],

@@ -398,9 +398,23 @@ def read_image(path, sagittal: bool = True) -> Scan:
     affine[:3, :3] = d * np.array(img.GetSpacing())[None, :]
     affine[:3, 3] = img.GetOrigin()
     scan = Scan(arr, affine, {"format": os.path.basename(path).split(".", 1)[-1].lower()})
+    scan.meta["acquired_normal"] = acquired_normal(affine)
     if sagittal:
         scan = to_sagittal_axes(scan)
     return scan
+
+
+def acquired_normal(affine, anisotropy: float = 1.5) -> list | None:
+    """Direction of the acquisition's slice axis for a volume file: the voxel axis with the
+    largest spacing when it is at least ``anisotropy`` x the others (2D multi-slice scans),
+    else ``None`` (near-isotropic 3D acquisitions can be read in any plane)."""
+    a = np.asarray(affine)[:3, :3]
+    sp = np.linalg.norm(a, axis=0)
+    ax = int(np.argmax(sp))
+    others = [sp[i] for i in range(3) if i != ax]
+    if sp[ax] < anisotropy * max(others):
+        return None
+    return [float(v) for v in a[:, ax] / sp[ax]]
 
 
 def axis_permutation_for_sagittal(affine) -> tuple[int, int, int]:
@@ -438,16 +452,22 @@ def read_scan(path, max_oblique_deg: float | None = 30.0) -> Scan:
         scan = read_image(path)
         check_content(scan.array, path)
         if max_oblique_deg is not None:
-            check_sagittal(scan.affine, path, max_oblique_deg)
+            check_sagittal(scan.affine, path, max_oblique_deg, scan.meta.get("acquired_normal"))
+        if scan.shape[0] < 2:
+            from .errors import GeometryError
+
+            raise GeometryError("single-slice volume (a 3D sagittal stack is needed)", path)
         return scan
     raise InputError("not a folder of DICOM files nor a NIfTI/NRRD/MHA image", path)
 
 
-def check_sagittal(affine, where, max_oblique_deg: float = 30.0) -> None:
+def check_sagittal(affine, where, max_oblique_deg: float = 30.0, normal=None) -> None:
+    """Raise ``GeometryError`` unless the slice normal (default: of the affine's k axis) is
+    within ``max_oblique_deg`` of left-right."""
     from .errors import GeometryError
 
     a = np.asarray(affine)[:3, :3]
-    normal = np.cross(a[:, 0], a[:, 1])
+    normal = np.cross(a[:, 0], a[:, 1]) if normal is None else np.asarray(normal, dtype=np.float64)
     if plane_name(normal) != "sagittal":
         raise GeometryError(f"not sagittal ({plane_name(normal)} slices)", where)
     obl = obliquity_deg(normal)

@@ -250,3 +250,10 @@ def test_series_geometry_reports_gantry_tilt():
                       20, 16, k + 1, 4.0, 1) for k in range(5)]
     with pytest.raises(GeometryError, match="sheared"):
         series_geometry(hs, "series")
+
+
+def test_axial_volume_file_is_not_sagittal(tmp_path):
+    arr = small_volume()
+    _write_sitk(tmp_path / "ax.nrrd", arr, np.diag([0.8, 0.8, 5.0, 1.0]))  # 5 mm axial slices
+    with pytest.raises(GeometryError, match="not sagittal"):
+        read_scan(tmp_path / "ax.nrrd")

@@ -362,7 +362,7 @@ def acquisition(cfg: SynthConfig, s: SubjectAnatomy, visit: int) -> Acquisition:
     matrix = int(np.clip(16 * round(fov / spider[0] / 16), lo, hi))
     matrix = int(16 * round(matrix / 16))
     matrix = int(np.clip(matrix, lo, hi))
-    spacing = fov / matrix
+    spacing = min(fov / matrix, cfg.max_spacing_mm)  # a coarse protocol gets a smaller FOV instead
     thickness, between = spider[1], spider[2]
     n_slices = int(r.integers(cfg.slices[0], cfg.slices[1] + 1))
     o = cfg.obliquity_deg

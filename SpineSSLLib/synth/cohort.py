@@ -129,7 +129,13 @@ def _write_family(cfg: SynthConfig, fam_index: int, first: int, size: int, root:
             names = _file_names(acq, K, sop)
             header = _header(cfg, sa, va, acq, date, 1 + visit)
             header["FrameOfReferenceUID"] = _uid(cfg, sa.subject_id, visit, "frame")
-            write_series(root / "dicom" / sa.subject_id / str(visit), out.array, out.affine, header,
+            arr, aff = out.array, out.affine
+            if acq.flipped:  # stored left-to-right: instance 1 is the last slice along the normal
+                aff = aff.copy()
+                aff[:3, 3] = aff[:3, :3] @ [0, 0, K - 1] + aff[:3, 3]
+                aff[:3, 2] = -aff[:3, 2]
+                arr = arr[::-1]
+            write_series(root / "dicom" / sa.subject_id / str(visit), arr, aff, header,
                          series_uid=series_uid, study_uid=study_uid, file_names=names)
             label_name = f"{series_uid}_labels.nii.gz"
             write_labelmap(root / "truth" / label_name, out.labels, out.affine)

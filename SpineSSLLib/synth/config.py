@@ -65,6 +65,7 @@ class SynthConfig:
     slices: tuple[int, int] = (11, 19)
     matrix: tuple[int, int] = (320, 512)  # square in-plane matrix, drawn then rounded to 16
     fov_mm: tuple[float, float] = (270.0, 320.0)
+    max_spacing_mm: float = 0.9  # in-plane spacing cap (the FOV shrinks instead)
     obliquity_deg: float = 3.0  # max rotation of the slice stack away from true sagittal
     flipped_order_fraction: float = 0.3  # series whose slice index runs left -> right
     # identity / nuisance calibration
@@ -105,6 +106,8 @@ class SynthConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and 0.0 <= v <= 100.0):
                 raise ConfigError(f"{name} must be a non-negative number, got {v!r}")
+        if not (isinstance(self.max_spacing_mm, (int, float)) and 0.2 <= self.max_spacing_mm <= 2.0):
+            raise ConfigError(f"max_spacing_mm must be between 0.2 and 2, got {self.max_spacing_mm!r}")
         if self.obliquity_deg > 15:
             raise ConfigError(f"obliquity_deg must be at most 15, got {self.obliquity_deg}")
         return self
@@ -126,9 +129,9 @@ class SynthConfig:
 
 
 PRESETS: dict[str, dict] = {
-    # seconds: tests; small matrix (in-plane spacing then ~1 mm, coarser than clinical scans)
+    # seconds: tests; small matrix (in-plane spacing then 1.05-1.4 mm, coarser than clinical scans)
     "tiny": dict(subjects=3, followup_fraction=0.67, three_visit_fraction=0.0, twin_fraction=0.67,
-                 slices=(11, 13), matrix=(224, 256), preset="tiny"),
+                 slices=(11, 13), matrix=(224, 256), max_spacing_mm=1.4, preset="tiny"),
     # the demo's default cohort: a minute or two on a laptop
     "demo": dict(subjects=40, followup_fraction=0.5, preset="demo"),
     # the paper's proportions (1016 subjects, 423 with follow-ups, 920 graded)

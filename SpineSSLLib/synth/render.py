@@ -365,8 +365,8 @@ def _stack_geometry(acq: Acquisition):
     R = acq.stack_rotation
     col = R @ np.array([0.0, 1.0, 0.0])  # column index runs anterior -> posterior
     row = R @ np.array([0.0, 0.0, -1.0])  # row index runs superior -> inferior
-    normal = np.cross(col, row)
-    slc = -normal if acq.flipped else normal
+    slc = np.cross(col, row)  # canonical (Scan) order: slice index ascends along the normal;
+    # series "stored flipped" are reversed only when written to DICOM (cohort._write_family)
     centre = TABLE + np.array([0.0, 12.0, 8.0])
     n, K = acq.matrix, acq.n_slices
     A = np.eye(4)
@@ -477,9 +477,10 @@ def render(va: VisitAnatomy, acq: Acquisition, seed: int) -> Rendered:
                      st.centre + d2 * st.e_u - hu_p / 2 * st.e_v, st.centre - d2 * st.e_u - hu_a / 2 * st.e_v]
         c = to_lps(st.centre)
         kc = float((inv[:3, :3] @ c + inv[:3, 3])[2])
-        ends = [float((inv[:3, :3] @ to_lps(st.centre + sgn * st.width / 2 * st.e_w) + inv[:3, 3])[2]) for sgn in (-1, 1)]
-        lo, hi = sorted(ends)
-        k0, k1 = int(np.clip(np.ceil(lo - 0.5), 0, K - 1)), int(np.clip(np.floor(hi + 0.5), 0, K - 1))
+        # slice range: the slices whose label map shows this body (it fills most of the slab)
+        shown = np.nonzero((lab == vertebra_label(st.name)).any(axis=(1, 2)))[0]
+        mid = int(np.clip(round(kc), 0, K - 1))
+        k0, k1 = (int(shown.min()), int(shown.max())) if len(shown) else (mid, mid)
         levels[st.name] = dict(centroid=c, corners=np.array([to_lps(q) for q in corners_b]),
                                slice_range=(k0, k1), mid_slice=int(np.clip(round(kc), 0, K - 1)), k_exact=kc)
     disc_c = {st.name: to_lps(st.centre) for st in discs if st.params.get("disc_index") is not None}

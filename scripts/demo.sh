@@ -6,4 +6,9 @@ OUT=${1:-demo-output}
 mkdir -p "$OUT"
 spine-ssl --version
 spine-ssl info
+# Slicer module stage, without Slicer (slicer-core): one synthetic subject through the module's
+# batch script (levels markups, segmentation, grades table per scan) and the user-guide figure.
+spine-ssl -q synth "$OUT/slicer-subject" --preset tiny --subjects 1 --seed 3 --overwrite
+python SpineSSL/Scripts/SpineSSLBatch.py --cohort "$OUT/slicer-subject" --out "$OUT/slicer-batch" --save-volume
+python SpineSSL/Scripts/SpineSSLFigures.py "$OUT/slicer-batch" --out "$OUT/images"
 echo "Demo outputs in $OUT"

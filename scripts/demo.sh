@@ -6,6 +6,8 @@ OUT=${1:-demo-output}
 mkdir -p "$OUT"
 spine-ssl --version
 spine-ssl info
+# Synthetic longitudinal cohort as DICOM + ground truth (docs/synthetic-cohort.md): the demo's data.
+spine-ssl synth "$OUT/cohort" --preset demo --seed 0 --workers 2 --overwrite
 # Slicer module stage, without Slicer (slicer-core): one synthetic subject through the module's
 # batch script (levels markups, segmentation, grades table per scan) and the user-guide figure.
 spine-ssl -q synth "$OUT/slicer-subject" --preset tiny --subjects 1 --seed 3 --overwrite

@@ -301,7 +301,7 @@ def extract_scan(scan, levels: LevelSet, config: ExtractConfig | None = None) ->
             if c is None:  # slices the scan does not have are zero (slice-wise padding)
                 dst[t].zero_()
             else:
-                torch.mul(samp[c, start:start + hw], 1.0 / m, out=dst[t])
+                torch.mul(samp[c, start:start + hw], 1.0 / (m * cfg.clip), out=dst[t])
 
     done_vb, done_ivd = set(), set()
     for i, bx in enumerate(vbs):
@@ -333,9 +333,10 @@ def extract_scan(scan, levels: LevelSet, config: ExtractConfig | None = None) ->
         vb_t[li].zero_()
     for di in set(range(nivd)) - done_ivd:
         ivd_t[di].zero_()
-    # SpineNet: intensity / neighbours' median, clipped to [0, clip], divided by clip
+    # SpineNet: intensity / neighbours' median, clipped to [0, clip], divided by clip (the
+    # division by clip is folded into fill's factor, so this clamps at 1)
     for t_ in (vb_t, ivd_t):
-        t_.clamp_(0, cfg.clip).mul_(1.0 / cfg.clip)
+        t_.clamp_(0, 1.0)
     out.vb = vb_t.view(nvb, S, Hv, Wv).cpu().numpy()
     out.ivd = ivd_t.view(nivd, S, Hd, Wd).cpu().numpy()
     for name in LEVEL_NAMES:

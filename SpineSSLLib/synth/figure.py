@@ -52,9 +52,26 @@ def draw(cohort: Path, out_png: Path, subject: str | None = None) -> Path:
                      f" +{t['interval_days'] / 365.25:.1f} y", fontsize=8)
         ax.axis("off")
     fig.tight_layout()
-    with atomic.atomic_path(out_png, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=80)
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
     plt.close(fig)
+    small = io.BytesIO()  # palette PNG: 48 greys + the overlay colours (noisy MR compresses poorly)
+    rgb = np.asarray(Image.open(buf).convert("RGB")).astype(int)
+    overlay = np.array([[255, 80, 80], [255, 208, 64], [96, 208, 255]])
+    grey = rgb.mean(-1)
+    idx = np.clip(np.round(grey / 255 * 47), 0, 47).astype(np.uint8)
+    colourful = (rgb.max(-1) - rgb.min(-1)) > 40
+    near = np.argmin(((rgb[..., None, :] - overlay) ** 2).sum(-1), axis=-1)
+    idx = np.where(colourful, 48 + near, idx).astype(np.uint8)
+    pal = [int(round(g / 47 * 255)) for g in range(48) for _ in range(3)] + overlay.reshape(-1).tolist()
+    img = Image.fromarray(idx, mode="P")
+    img.putpalette(pal + [0] * (768 - len(pal)))
+    img.save(small, format="PNG", optimize=True)
+    atomic.write_bytes(out_png, small.getvalue())
     return out_png
 
 

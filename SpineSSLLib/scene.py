@@ -131,6 +131,15 @@ def register_segmentation_converters() -> None:
             factory.RegisterConverterRule(getattr(slicer, cls)())
 
 
+def _ensure_selection_node(scene) -> None:
+    """Markups look up the scene's selection node (units); Slicer's application scene has one, a
+    bare ``vtkMRMLScene`` (slicer-core, batch) gets the same singleton here."""
+    if scene is not None and scene.GetFirstNodeByClass("vtkMRMLSelectionNode") is None:
+        node = _slicer().vtkMRMLSelectionNode()
+        node.SetSingletonTag("Singleton")
+        scene.AddNode(node)
+
+
 def _iter_vtk(collection):
     if collection is None:
         return []
@@ -186,7 +195,8 @@ def scan_from_volume_node(node) -> Scan:
     array = np.array(slicer.util.arrayFromVolume(node), dtype=np.float32, copy=True)
     if array.ndim != 3:
         raise GeometryError(f"volume {node.GetName()!r} must be 3D, got shape {array.shape}")
-    return Scan(array=array, affine=LPS_TO_RAS @ volume_to_world_ras(node), meta={"source": "mrml"})
+    return Scan(array=array, affine=LPS_TO_RAS @ volume_to_world_ras(node),
+                meta={"source": f"volume {node.GetName()!r}"})
 
 
 def load_volume(scene, path, name: str | None = None):
@@ -254,6 +264,7 @@ def markups_from_levels(scene, levels: LevelSet, name: str, locked: bool = True,
     """
     import vtk
 
+    _ensure_selection_node(scene)
     if node is None:
         node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
     else:
@@ -282,6 +293,7 @@ def level_placement_markups(scene, name: str):
     unplaced, so clicking in the viewer places them in order (superior to inferior)."""
     import vtk
 
+    _ensure_selection_node(scene)
     node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
     for level in LEVEL_NAMES:
         i = node.AddControlPoint(vtk.vtkVector3d(0, 0, 0), level)
@@ -385,6 +397,7 @@ def load_markups(scene, path, name: str | None = None):
     path = Path(path)
     if not path.is_file():
         raise InputError("file not found", path)
+    _ensure_selection_node(scene)
     node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name or _stem(path))
     storage = slicer.vtkMRMLMarkupsJsonStorageNode()
     scene.AddNode(storage)

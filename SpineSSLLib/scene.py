@@ -787,7 +787,8 @@ def segment_mask(segmentation_node, segment_name: str, grid_affine, shape_kji) -
     try:
         ids = vtk.vtkStringArray()
         ids.InsertNextValue(seg_id)
-        if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(segmentation_node, ids, label, ref):
+        logic = slicer.vtkSlicerSegmentationsModuleLogic
+        if not logic.ExportSegmentsToLabelmapNode(segmentation_node, ids, label, ref):
             raise InputError(f"could not export segment {segment_name!r}")
         return np.array(slicer.util.arrayFromVolume(label)) > 0
     finally:

@@ -8,10 +8,10 @@ Run with the full Slicer application but no window:
     Slicer --no-splash --no-main-window --python-script SpineSSL/Scripts/SpineSSLBatch.py \\
         --list scans.csv --out /data/spinessl-slicer-out      # columns: image, levels[, key]
 
-Per scan (``--save-volume``: also the scan as ``<key>.nrrd``) ``OUT/<key>/<key>.mrk.json`` (levels, locked), ``<key>.seg.nrrd`` (one segment per disc
-and vertebral body) and, when grades are known (a synthetic cohort's truth, or a ``grader``
-passed to ``process_batch``), ``<key>.csv`` (+ ``.schema.csv``); one row per scan in
-``OUT/batch.csv``.  Keys are pseudonymous (salted hash of the input path; the salt stays
+Per scan ``OUT/<key>/<key>.mrk.json`` (levels, locked), ``<key>.seg.nrrd`` (one segment per disc
+and vertebral body), when grades are known (a synthetic cohort's truth, or a ``grader`` passed to
+``process_batch``) ``<key>.csv`` (+ ``.schema.csv``), and with ``--save-volume`` the scan as
+``<key>.nrrd``; one row per scan in ``OUT/batch.csv``.  Keys are pseudonymous (salted hash of the input path; the salt stays
 in ``OUT/batch_salt.txt``, keep it private) so no folder or patient name reaches the outputs.
 A scan that fails is reported in ``batch.csv`` and the batch carries on; the exit code is 0 when
 all scans succeeded, 1 when some failed, 2 on bad arguments.

@@ -90,7 +90,7 @@ def run(args) -> int:
     print(f"detected levels in {len(rows)} of {len(refs)} scans ({n_all} with all 7 levels confident); "
           f"{len(errors)} failed -> {out}")
     if args.reference:
-        from ..detect.evaluate import compare, summarise, write_report
+        from ..detect.evaluate import compare, in_view, summarise, write_report
 
         mapping = resolve_label_mapping(args.label_mapping) if args.label_mapping else None
         results = []
@@ -98,12 +98,13 @@ def run(args) -> int:
             if ref.key not in preds or ref.levels_file is None:
                 continue
             try:
-                truth = C.load_levels(ref, C.load_scan(ref), mapping)
+                scan = C.load_scan(ref)
+                truth, outside = in_view(C.load_levels(ref, scan, mapping), scan)
             except SpineSSLError as e:
                 errors.append({"file": ref.levels_file, "stage": "reference", "error": type(e).__name__,
                                "message": str(e)})
                 continue
-            results.append(compare(ref.key, preds[ref.key], truth))
+            results.append(compare(ref.key, preds[ref.key], truth, ignore=tuple(outside)))
         summary = summarise(results)
         write_report(summary, out / "evaluation.json", out / "evaluation.png")
         cm = summary["centroid_mm"]["mean"]

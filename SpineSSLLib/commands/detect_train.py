@@ -19,7 +19,7 @@ def add_arguments(parser):
     parser.add_argument("--epochs", type=int, default=40, help="maximum epochs (default 40)")
     parser.add_argument("--samples-per-epoch", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=0.1, help="SGD learning rate (default 0.1)")
+    parser.add_argument("--lr", type=float, default=0.3, help="SGD learning rate (default 0.3)")
     parser.add_argument("--patience", type=int, default=3, help="epochs without improvement before lowering the lr")
     parser.add_argument("--val-fraction", type=float, default=0.15)
     parser.add_argument("--test-fraction", type=float, default=0.2)

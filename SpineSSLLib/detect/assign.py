@@ -164,12 +164,22 @@ def assign_levels(centre_map: np.ndarray, level_maps: np.ndarray, spacing_mm: fl
         raise ValueError(f"assign_levels: level maps {level_maps.shape} do not match centre map "
                          f"{centre_map.shape} x {N_LEVELS} levels")
     peaks = find_peaks(centre_map, cfg.peak_threshold, cfg.min_separation_mm / spacing_mm)
-    peaks.sort(key=lambda p: -p.row)  # inferior (large row) first: the chain starts at the sacrum
+    ev = [level_evidence(level_maps, p.row, p.col, cfg.evidence_radius_px) for p in peaks]
+    return assign_instances(peaks, ev, spacing_mm, cfg)
+
+
+def assign_instances(peaks: list[Peak], evidence, spacing_mm: float, config: AssignConfig | None = None
+                     ) -> Assignment:
+    """The chain labelling of given vertebra candidates: ``peaks`` (position on the canonical
+    plane and detection strength in [0, 1]) and their per-level ``evidence`` (n, 7) in [0, 1]."""
+    cfg = config or AssignConfig()
+    order = sorted(range(len(peaks)), key=lambda i: -peaks[i].row)  # inferior first: from the sacrum up
+    peaks = [peaks[i] for i in order]
     out = Assignment()
     if not peaks:
-        out.issues.append("no vertebra found (no centre peak above threshold)")
+        out.issues.append("no vertebra found (no candidate above threshold)")
         return out
-    ev = np.stack([level_evidence(level_maps, p.row, p.col, cfg.evidence_radius_px) for p in peaks])
+    ev = np.clip(np.asarray(evidence, dtype=np.float64).reshape(len(order), N_LEVELS)[order], 0.0, 1.0)
     labels, chain_conf, spacing = _viterbi(peaks, ev, spacing_mm, cfg)
     out.spacing_mm = spacing
     for i, p in enumerate(peaks):

@@ -31,8 +31,24 @@ class ScanResult:
     flagged: list[str] = field(default_factory=list)
 
 
+def in_view(ref: LevelSet, scan) -> tuple[LevelSet, list[str]]:
+    """Reference levels whose centroid lies inside the scan volume, and the names of the others
+    (a reference may list vertebrae outside the field of view)."""
+    K, J, I = scan.shape
+    keep, outside = {}, []
+    for lv in ref:
+        ijk = scan.lps_to_index(lv.centroid)
+        if np.all(ijk >= -0.5) and np.all(ijk <= np.array([I, J, K]) - 0.5):
+            keep[lv.name] = lv
+        else:
+            outside.append(lv.name)
+    return LevelSet(keep, list(ref.issues), ref.source), outside
+
+
 def compare(key: str, pred: LevelSet, ref: LevelSet, max_match_mm: float = 15.0,
-            low_confidence: float = 0.5) -> ScanResult:
+            low_confidence: float = 0.5, ignore: tuple = ()) -> ScanResult:
+    """``ignore``: names (e.g. reference levels outside the field of view) whose prediction is
+    neither counted right nor wrong."""
     out = ScanResult(key)
     ref_names = [n for n in LEVEL_NAMES if n in ref]
     ref_c = np.array([ref[n].centroid for n in ref_names]) if ref_names else np.zeros((0, 3))
@@ -56,7 +72,7 @@ def compare(key: str, pred: LevelSet, ref: LevelSet, max_match_mm: float = 15.0,
                 out.flagged.append(name)
         ok_all &= row["correct"]
         out.per_level[name] = row
-    out.extra = [n for n in pred.names if n in LEVEL_NAMES and n not in ref]
+    out.extra = [n for n in pred.names if n in LEVEL_NAMES and n not in ref and n not in ignore]
     out.all_correct = bool(ok_all and not out.extra and ref_names)
     return out
 
@@ -191,7 +207,9 @@ def evaluate_cases(detector, refs, label_mapping=None, desc: str = "evaluating")
         except SpineSSLError as e:
             errors.append(str(e))
             continue
-        res = compare(ref.key, pred.levels, case.levels, low_confidence=detector.config.assign.low_confidence)
+        truth, outside = in_view(case.levels, case.scan)
+        res = compare(ref.key, pred.levels, truth, low_confidence=detector.config.assign.low_confidence,
+                      ignore=tuple(outside))
         results.append(res)
         if example is None or (not res.all_correct and example[3]):
             marks = []

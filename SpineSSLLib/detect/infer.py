@@ -1,14 +1,17 @@
-"""Running a detector on a scan: heatmaps on every sagittal slice -> a ``LevelSet``.
+"""Running a detector on a scan: class and centre maps on every sagittal slice -> a ``LevelSet``.
 
 1. the scan is resampled onto the canonical grid (``grid``) and every slice ``k`` is predicted
-   from slices ``k-context .. k+context``;
-2. the mid-sagittal slice of the spine is the slice with the most centre-map mass; centre and
-   level maps averaged over it and its neighbours go to ``assign.assign_levels`` (one chain for
-   the whole scan, so one instance per level, consistent across slices);
-3. per level, its level map sampled at its in-plane position across slices gives the slice
-   range (where it exceeds 0.5) and the centre map, whose height falls off away from the
-   body's mid-sagittal plane, gives the lateral centroid (sub-slice peak of that profile); the corners are the corner-map maxima in their quadrant around the centroid
-   (quadrants follow the local spine axis) on the level's mid slice and its neighbours.
+   from slices ``k-context .. k+context``: a class map (background / T12 ... S1) and a centre map;
+2. the mid-sagittal slice of the spine is the slice with the most vertebra x centre mass; the
+   maps averaged over it and its neighbours give vertebra candidates = connected vertebra
+   regions (split where the class changes inside one region), each with its centroid, its
+   strength (mean vertebra probability) and its class distribution;
+3. ``assign.assign_instances`` labels the candidates with one chain from the sacrum upward (one
+   instance per level for the whole scan, hence consistent across slices);
+4. per level: the slice range = slices where its class still covers its region; the lateral
+   centroid = sub-slice peak of the centre map's profile across slices (the centre map falls off
+   away from the body's mid-sagittal plane); the corners = the region's extreme points along the
+   local spine axis and its perpendicular, on the band around the mid slice.
 """
 
 from __future__ import annotations
@@ -20,10 +23,10 @@ import numpy as np
 from .. import LEVEL_NAMES
 from ..io import Scan
 from ..levels import Level, LevelSet
-from .assign import Assignment, assign_levels
+from .assign import Assignment, Peak, assign_instances
 from .grid import SagittalGrid, make_grid, resample
 from .model import Detector
-from .targets import CENTRE, FIRST_CORNER, FIRST_LEVEL
+from .targets import BACKGROUND, CENTRE, FIRST_LEVEL, N_CLASSES
 
 
 @dataclass
@@ -56,7 +59,8 @@ def predict_maps(detector: Detector, image: np.ndarray, batch_size: int = 8) -> 
             amp = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                    else torch.autocast("cpu", enabled=False))
             with amp:
-                y = torch.sigmoid(net(x).float())
+                y = net(x).float()
+            y = torch.cat([torch.softmax(y[:, :N_CLASSES], dim=1), torch.sigmoid(y[:, N_CLASSES:])], dim=1)
             outs.append(y.cpu().numpy())
     return np.concatenate(outs).astype(np.float32)
 
@@ -110,31 +114,51 @@ def _axes(name: str, pos: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray
     return sup, ant
 
 
-def _corners(cmaps: np.ndarray, centre_rc: np.ndarray, sup: np.ndarray, ant: np.ndarray,
-             radius_px: float) -> tuple[np.ndarray, float]:
-    """Corner positions (4, 2) and the weakest corner peak value."""
-    _, H, W = cmaps.shape
-    rr, cc = np.mgrid[0:H, 0:W]
-    d = np.stack([rr - centre_rc[0], cc - centre_rc[1]], axis=-1).astype(np.float64)
-    ds, da = d @ sup, d @ ant
-    near = (ds**2 + da**2) <= radius_px**2
-    quadrants = [(ds > 0) & (da > 0), (ds > 0) & (da < 0), (ds < 0) & (da < 0), (ds < 0) & (da > 0)]
+def _corners(mask: np.ndarray, sup: np.ndarray, ant: np.ndarray) -> np.ndarray:
+    """AS, PS, PI, AI corners (4, 2) of a region: its extreme pixels along the diagonals of the
+    local (superior, anterior) frame, moved half a pixel outwards to the region's edge."""
+    rr, cc = np.nonzero(mask)
+    pts = np.column_stack([rr, cc]).astype(np.float64)
     out = np.zeros((4, 2))
-    weakest = 1.0
-    for c, q in enumerate(quadrants):
-        m = np.where(near & q, cmaps[c], -1.0)
-        r, cl = np.unravel_index(int(np.argmax(m)), m.shape)
-        val = float(m[r, cl])
-        weakest = min(weakest, max(val, 0.0))
-        # sub-pixel: weighted mean of the 3x3 neighbourhood
-        r0, r1, c0, c1 = max(0, r - 1), min(H, r + 2), max(0, cl - 1), min(W, cl + 2)
-        w = np.clip(cmaps[c, r0:r1, c0:c1], 0, None)
-        if w.sum() > 0:
-            gr, gc = np.mgrid[r0:r1, c0:c1]
-            out[c] = [(w * gr).sum() / w.sum(), (w * gc).sum() / w.sum()]
-        else:
-            out[c] = [r, cl]
-    return out, weakest
+    for c, (s, a) in enumerate(((1, 1), (1, -1), (-1, -1), (-1, 1))):
+        d = s * sup + a * ant
+        i = int(np.argmax(pts @ d))
+        out[c] = pts[i] + 0.5 * d
+    return out
+
+
+@dataclass
+class Candidate:
+    peak: Peak
+    evidence: np.ndarray  # (7,) class distribution over T12..S1
+    mask: np.ndarray  # (H, W) bool
+
+
+def candidates(agg: np.ndarray, spacing_mm: float, min_region_mm2: float) -> list[Candidate]:
+    """Vertebra candidates on band-averaged maps (C, H, W)."""
+    from scipy import ndimage
+
+    fg = 1.0 - agg[BACKGROUND]
+    cls = agg[FIRST_LEVEL:FIRST_LEVEL + len(LEVEL_NAMES)]
+    arg = cls.argmax(axis=0)
+    min_px = max(1.0, min_region_mm2 / spacing_mm**2)
+    lab, n = ndimage.label(fg > 0.5)
+    out = []
+    for i in range(1, n + 1):
+        m = lab == i
+        if m.sum() < min_px:
+            continue
+        parts = []
+        for v in np.unique(arg[m]):  # a region holding two levels (a missed disc) is split
+            sub, ns = ndimage.label(m & (arg == v))
+            parts += [sub == j for j in range(1, ns + 1) if (sub == j).sum() >= min_px]
+        for pm in (parts if len(parts) > 1 else [m]):
+            w = fg[pm]
+            rr, cc = np.nonzero(pm)
+            ev = cls[:, pm].sum(axis=1) / max(float(w.sum()), 1e-6)
+            out.append(Candidate(Peak(float((rr * w).sum() / w.sum()), float((cc * w).sum() / w.sum()),
+                                      float(w.mean())), np.clip(ev, 0.0, 1.0), pm))
+    return out
 
 
 def detect_scan(detector: Detector, scan: Scan, path=None, source: str | None = None) -> Prediction:
@@ -144,36 +168,32 @@ def detect_scan(detector: Detector, scan: Scan, path=None, source: str | None = 
     grid = make_grid(scan, cfg.spacing_mm, cfg.multiple, path)
     image = resample(scan, grid, path)
     maps = predict_maps(detector, image)
+    K = maps.shape[0]
+    fg = 1.0 - maps[:, BACKGROUND]
     centre = maps[:, CENTRE]
-    K = centre.shape[0]
-    mass = np.array([np.sort(centre[k].ravel())[-200:].sum() for k in range(K)])
-    mid = int(np.argmax(np.convolve(mass, [1, 1, 1], mode="same")))
-    band = slice(max(0, mid - 1), min(K, mid + 2))
-    agg = maps[band].mean(axis=0)
-    res = assign_levels(agg[CENTRE], agg[FIRST_LEVEL:FIRST_LEVEL + len(LEVEL_NAMES)], cfg.spacing_mm, cfg.assign)
+    mass = (fg * centre).reshape(K, -1).sum(axis=1)
+    mid = int(np.argmax(np.convolve(mass, [1, 2, 1], mode="same")))
+    agg = maps[max(0, mid - 1):min(K, mid + 2)].mean(axis=0)
+    cands = candidates(agg, cfg.spacing_mm, cfg.min_region_mm2)
+    res = assign_instances([c.peak for c in cands], [c.evidence for c in cands], cfg.spacing_mm, cfg.assign)
+    by_pos = {(c.peak.row, c.peak.col): c for c in cands}
     pos = {n: np.array([a.row, a.col]) for n, a in res.levels.items()}
-    spacing_px = (res.spacing_mm or 30.0) / cfg.spacing_mm
     levels: dict[str, Level] = {}
     issues = list(res.issues)
     for name, a in res.levels.items():
         v = LEVEL_NAMES.index(name)
-        lo, hi = _slice_range(_profile(maps[:, FIRST_LEVEL + v], a.row, a.col))
+        mask = by_pos[(a.row, a.col)].mask
+        cover = np.array([maps[k, FIRST_LEVEL + v][mask].mean() for k in range(K)])
+        lo, hi = _slice_range(cover)
         kf = _peak_slice(_profile(centre, a.row, a.col), lo, hi)
         mid_k = int(np.clip(np.floor(kf + 0.5), lo, hi))
-        cb = slice(max(0, mid_k - cfg.corner_slices), min(K, mid_k + cfg.corner_slices + 1))
-        cmaps = maps[cb, FIRST_CORNER:FIRST_CORNER + 4].mean(axis=0)
         sup, ant = _axes(name, pos)
-        crc, weakest = _corners(cmaps, pos[name], sup, ant, 0.9 * spacing_px)
-        conf = a.confidence
-        if weakest < 0.2:
-            issues.append(f"{name}: corners uncertain (weakest corner peak {weakest:.2f})")
-            conf = min(conf, 0.5 * (1 + weakest))
+        crc = _corners(mask, sup, ant)
         centroid = grid.to_lps([a.row, a.col, kf])
         corners = grid.to_lps(np.column_stack([crc, np.full(4, float(mid_k))]))
-        levels[name] = Level(name, centroid, corners, (lo, hi), mid_k, float(np.clip(conf, 0.0, 1.0)))
+        levels[name] = Level(name, centroid, corners, (lo, hi), mid_k, float(np.clip(a.confidence, 0.0, 1.0)))
     src = source or f"detect:{detector.meta.get('config', {}).get('name') or detector.path.name}"
-    ls = LevelSet(levels, issues, src)
-    return Prediction(grid, image, maps, mid, res, ls)
+    return Prediction(grid, image, maps, mid, res, LevelSet(levels, issues, src))
 
 
 _LOADED: dict = {}

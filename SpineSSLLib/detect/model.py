@@ -21,15 +21,14 @@ class DetectorConfig:
 
     spacing_mm: float = 2.0  # canonical in-plane pixel size
     context: int = 1  # 2.5D: slices k-context .. k+context are the input channels
-    channels: tuple[int, ...] = (16, 32, 64, 128, 256)
+    channels: tuple[int, ...] = (12, 24, 48, 96, 192)
     strides: tuple[int, ...] = (2, 2, 2, 2)
     num_res_units: int = 1
     norm: str = "instance"
-    sigma_centre_mm: float = 5.0
-    sigma_level_mm: float = 8.0
-    sigma_corner_mm: float = 4.0
-    sigma_lateral_mm: float = 8.0  # fall-off of the centre map across slices
-    corner_slices: int = 1
+    sigma_centre_mm: float = 6.0  # centre map: in-plane width
+    sigma_lateral_mm: float = 8.0  # centre map: fall-off across slices
+    region_radius_mm: float = 10.0  # level region when a source has no corners
+    min_region_mm2: float = 60.0  # smaller predicted regions are not vertebra candidates
     assign: AssignConfig = field(default_factory=AssignConfig)
 
     def __post_init__(self):

@@ -1,18 +1,16 @@
 """Training targets of the detector from a ``LevelSet`` (any level source).
 
-Output channels (``CHANNELS``), all heatmaps in [0, 1] on the canonical grid of one slice:
+Output channels (``CHANNELS``) on the canonical grid of one slice:
 
-- ``centre``: a Gaussian (``sigma_centre_mm``) at the in-plane centroid of every vertebral body
-  T12..S1 whose slice range contains the slice, its height falling off with the slice's distance
-  from the centroid (``sigma_lateral_mm``) so that the profile across slices peaks at the
-  body's mid-sagittal plane (vertebral bodies often span the whole slice stack);
-- ``T12`` ... ``S1``: a wider Gaussian (``sigma_level_mm``) per level on every slice of its slice
-  range - *which* level is here, and where it ends laterally;
-- ``AS``, ``PS``, ``PI``, ``AI``: the four mid-sagittal corners (``sigma_corner_mm``) on slices
-  within ``corner_slices`` of the level's mid slice.
+- ``background``, ``T12`` ... ``S1``: a class map (softmax group).  A level's region is the
+  quadrilateral of its four mid-sagittal corners, drawn on every slice of its slice range
+  (a disc of ``region_radius_mm`` around the centroid when the source has no corners).
+  Regions separated by discs make vertebra instances; their class says which level.
+- ``centre``: a Gaussian (``sigma_centre_mm``) at the in-plane centroid, its height falling
+  off with the slice's distance from the centroid (``sigma_lateral_mm``) so that its profile
+  across slices peaks at the body's mid-sagittal plane (bodies often span the whole stack).
 
-A level without slice range (e.g. a markup) is drawn on the slice nearest its centroid only; a
-level without corners contributes no corner targets.
+A level without slice range (e.g. a markup) is drawn on the slice nearest its centroid only.
 """
 
 from __future__ import annotations
@@ -25,9 +23,9 @@ from .. import LEVEL_NAMES
 from ..levels import LevelSet
 from .grid import SagittalGrid
 
-CORNER_CHANNELS = ("AS", "PS", "PI", "AI")
-CHANNELS = ("centre",) + LEVEL_NAMES + CORNER_CHANNELS
-CENTRE, FIRST_LEVEL, FIRST_CORNER = 0, 1, 1 + len(LEVEL_NAMES)
+CHANNELS = ("background",) + LEVEL_NAMES + ("centre",)
+BACKGROUND, FIRST_LEVEL, CENTRE = 0, 1, 1 + len(LEVEL_NAMES)
+N_CLASSES = 1 + len(LEVEL_NAMES)
 
 
 @dataclass
@@ -70,19 +68,41 @@ def _gauss(shape, row, col, sigma_px, out, amp: float = 1.0):
     np.maximum(out[r0:r1, c0:c1], g, out=out[r0:r1, c0:c1])
 
 
+def _polygon(shape, pts: np.ndarray, out: np.ndarray) -> None:
+    from matplotlib.path import Path as MplPath
+
+    H, W = shape
+    r0, r1 = max(0, int(np.floor(pts[:, 0].min()))), min(H, int(np.ceil(pts[:, 0].max())) + 1)
+    c0, c1 = max(0, int(np.floor(pts[:, 1].min()))), min(W, int(np.ceil(pts[:, 1].max())) + 1)
+    if r0 >= r1 or c0 >= c1:
+        return
+    rr, cc = np.mgrid[r0:r1, c0:c1]
+    inside = MplPath(pts).contains_points(np.column_stack([rr.ravel(), cc.ravel()])).reshape(rr.shape)
+    out[r0:r1, c0:c1] |= inside
+
+
+def region_mask(g: LevelGeometry, shape, spacing_mm: float, region_radius_mm: float = 10.0) -> np.ndarray:
+    m = np.zeros(shape, dtype=bool)
+    if g.corners is not None:
+        _polygon(shape, g.corners, m)
+    else:
+        rr, cc = np.mgrid[0:shape[0], 0:shape[1]]
+        m |= (rr - g.row) ** 2 + (cc - g.col) ** 2 <= (region_radius_mm / spacing_mm) ** 2
+    return m
+
+
 def slice_targets(geom: list[LevelGeometry], k: int, shape: tuple[int, int], spacing_mm: float,
-                  sigma_centre_mm: float, sigma_level_mm: float, sigma_corner_mm: float,
-                  corner_slices: int = 1, slice_mm: float = 4.0, sigma_lateral_mm: float = 8.0) -> np.ndarray:
-    """Targets of slice ``k``: (len(CHANNELS), H, W) float32."""
+                  sigma_centre_mm: float = 5.0, slice_mm: float = 4.0, sigma_lateral_mm: float = 8.0,
+                  region_radius_mm: float = 10.0) -> np.ndarray:
+    """Targets of slice ``k``: (len(CHANNELS), H, W) float32 (one-hot classes + centre map)."""
     t = np.zeros((len(CHANNELS),) + tuple(shape), dtype=np.float32)
+    cls = np.zeros(shape, dtype=np.int64)
     for g in geom:
         if not g.slice_range[0] <= k <= g.slice_range[1]:
             continue
+        cls[region_mask(g, shape, spacing_mm, region_radius_mm)] = FIRST_LEVEL + g.index
         amp = float(np.exp(-(((k - g.k) * slice_mm) ** 2) / (2 * sigma_lateral_mm**2)))
         _gauss(shape, g.row, g.col, sigma_centre_mm / spacing_mm, t[CENTRE], amp)
-        _gauss(shape, g.row, g.col, sigma_level_mm / spacing_mm, t[FIRST_LEVEL + g.index])
-        if g.corners is not None and abs(k - g.mid_slice) <= corner_slices:
-            for c in range(4):
-                _gauss(shape, g.corners[c, 0], g.corners[c, 1], sigma_corner_mm / spacing_mm,
-                       t[FIRST_CORNER + c])
+    for c in range(N_CLASSES):
+        t[c] = cls == c
     return t

@@ -19,22 +19,22 @@ from ..progress import track
 from .cases import Case
 from .grid import SagittalGrid, make_grid, resample
 from .model import DetectorConfig
-from .targets import CENTRE, CHANNELS, FIRST_CORNER, FIRST_LEVEL, LevelGeometry, level_geometry, slice_targets
+from .targets import BACKGROUND, CENTRE, CHANNELS, N_CLASSES, LevelGeometry, level_geometry, slice_targets
 
 
 @dataclass
 class DetectTrainConfig:
     """Data / augmentation / loss knobs of detector training (the loop's are ``TrainConfig``)."""
 
-    canvas_px: int = 144  # training canvas (canonical pixels); inference uses the whole grid
+    canvas_px: int = 128  # training canvas (canonical pixels); inference uses the whole grid
     samples_per_epoch: int = 512
     val_samples: int = 96
     spine_slice_fraction: float = 0.85  # share of samples drawn from slices that show a level
     gamma: tuple[float, float] = (0.7, 1.4)
     contrast: tuple[float, float] = (0.8, 1.2)
     noise: float = 0.03
-    pos_weight_peak: float = 30.0  # extra weight of positive pixels in centre / corner maps
-    pos_weight_level: float = 5.0
+    pos_weight_centre: float = 10.0  # extra weight of positive pixels in the centre map
+    vertebra_weight: float = 3.0  # weight of vertebra pixels in the class loss (background 1)
     seed: int = 0
 
     def __post_init__(self):
@@ -81,12 +81,13 @@ def make_sample(p: Prepared, k: int, cfg: DetectorConfig, tcfg: DetectTrainConfi
 
     x = stack_input(p.image, k, cfg.context)
     t = slice_targets(p.geom, k, p.image.shape[1:], cfg.spacing_mm, cfg.sigma_centre_mm,
-                      cfg.sigma_level_mm, cfg.sigma_corner_mm, cfg.corner_slices,
-                      slice_mm=p.grid.slice_mm, sigma_lateral_mm=cfg.sigma_lateral_mm)
+                      slice_mm=p.grid.slice_mm, sigma_lateral_mm=cfg.sigma_lateral_mm,
+                      region_radius_mm=cfg.region_radius_mm)
     S = tcfg.canvas_px
     H, W = x.shape[1:]
     xo = np.zeros((x.shape[0], S, S), dtype=np.float32)
     to = np.zeros((t.shape[0], S, S), dtype=np.float32)
+    to[BACKGROUND] = 1.0  # padding is background
 
     def place(n, rnd):  # source start, dest start, length along one axis
         if n <= S:
@@ -167,27 +168,28 @@ class EpochSampler:
 
 
 def make_loss(tcfg: DetectTrainConfig):
-    """``loss_fn(model, batch, train)`` for ``train.fit``: positive-weighted BCE per channel group."""
+    """``loss_fn(model, batch, train)`` for ``train.fit``: weighted cross-entropy of the class
+    map (vertebra pixels weighted up) + positive-weighted BCE of the centre map."""
     import torch
     import torch.nn.functional as F
 
-    peak = [CENTRE] + list(range(FIRST_CORNER, FIRST_CORNER + 4))
-    level = list(range(FIRST_LEVEL, FIRST_CORNER))
-
-    def group_loss(logits, target, channels, pos_weight):
-        lg, tg = logits[:, channels].float(), target[:, channels].float()
-        w = 1.0 + pos_weight * tg
-        bce = F.binary_cross_entropy_with_logits(lg, tg, reduction="none")
-        return (w * bce).sum() / w.sum()
-
     def loss_fn(model, batch, train):
-        logits = model(batch["image"])
-        tgt = batch["target"]
-        lc = group_loss(logits, tgt, [CENTRE], tcfg.pos_weight_peak)
-        ll = group_loss(logits, tgt, level, tcfg.pos_weight_level)
-        lk = group_loss(logits, tgt, peak[1:], tcfg.pos_weight_peak)
-        loss = lc + ll + lk
-        return loss, {"centre": lc.detach(), "level": ll.detach(), "corner": lk.detach()}
+        logits = model(batch["image"]).float()
+        tgt = batch["target"].float()
+        onehot = tgt[:, :N_CLASSES]
+        w = 1.0 + (tcfg.vertebra_weight - 1.0) * (1.0 - onehot[:, BACKGROUND])
+        ce = -(onehot * F.log_softmax(logits[:, :N_CLASSES], dim=1)).sum(dim=1)
+        l_cls = (w * ce).sum() / w.sum()
+        tc = tgt[:, CENTRE]
+        wc = 1.0 + tcfg.pos_weight_centre * tc
+        bce = F.binary_cross_entropy_with_logits(logits[:, CENTRE], tc, reduction="none")
+        l_c = (wc * bce).sum() / wc.sum()
+        with torch.no_grad():
+            pred = logits[:, :N_CLASSES].argmax(dim=1)
+            truth = onehot.argmax(dim=1)
+            fg = truth != BACKGROUND
+            acc = (pred[fg] == truth[fg]).float().mean() if fg.any() else torch.tensor(float("nan"))
+        return l_cls + l_c, {"classes": l_cls.detach(), "centre": l_c.detach(), "vertebra_pixel_acc": acc}
 
     return loss_fn
 

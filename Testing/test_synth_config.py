@@ -121,7 +121,7 @@ def test_scanner_modes():
     assert paper == [1.0, 1.5]
     mixed = SynthConfig(scanner_mode="mixed")
     fs = {anatomy.acquisition(mixed, anatomy.make_family(mixed, f, f, 1)[0], 0).field_strength for f in range(30)}
-    assert fs == {1.0, 1.5}
+    assert fs == {1.5, 3.0}  # SPIDER's protocols, drawn per scan independently of the visit
 
 
 def test_spider_label_numbering():

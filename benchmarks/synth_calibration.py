@@ -46,10 +46,13 @@ def main(argv=None) -> int:
             t = time.perf_counter()
             s = generate_cohort(Path(tmp) / "speed", cfg, workers=args.workers)
             dt = time.perf_counter() - t
-            rss = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                      resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
-            res = {"subjects": s["subjects"], "scans": s["scans"], "workers": args.workers, "seconds": round(dt, 1),
-                   "seconds_per_scan": round(dt / s["scans"], 2), "peak_rss_mb_per_process": round(rss)}
+            ru_s, ru_c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = ru_s.ru_utime + ru_s.ru_stime + ru_c.ru_utime + ru_c.ru_stime
+            rss = max(ru_s.ru_maxrss, ru_c.ru_maxrss) / 1024
+            # on a shared machine the wall time depends on the other load; the CPU time does not
+            res = {"subjects": s["subjects"], "scans": s["scans"], "workers": args.workers, "wall_seconds": round(dt, 1),
+                   "cpu_seconds": round(cpu, 1), "cpu_seconds_per_scan": round(cpu / s["scans"], 2),
+                   "wall_if_cores_free": round(cpu / args.workers, 1), "peak_rss_mb_per_process": round(rss)}
             print(json.dumps(res, indent=1))
         else:
             root = Path(args.cohort) if args.cohort else Path(args.keep or Path(tmp) / "calib")

@@ -20,7 +20,7 @@ def add_arguments(parser):
     parser.add_argument("--twin-fraction", type=float, default=None, help="share of subjects in twin pairs")
     parser.add_argument("--graded-fraction", type=float, default=None, help="share of subjects with disc grades")
     parser.add_argument("--scanner-mode", choices=("paper", "mixed"), default=None,
-                        help="paper: 1.0 T baseline / 1.5 T follow-up; mixed: field strength drawn per scan")
+                        help="paper: 1.0 T baseline / 1.5 T follow-up; mixed: 1.5 T or 3 T per scan as in SPIDER")
     parser.add_argument("--rater-noise", type=float, default=None, help="share of grades moved to an adjacent grade")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")

@@ -43,7 +43,6 @@ LORDOSIS_TILT = np.array([-9.0, -6.0, -2.0, 3.0, 9.0, 17.0, 32.0])
 # Score model: s = W_SUBJ * subject + W_DISC * disc + AGE_COEF * (age - AGE_REF) / 10 + progression
 W_SUBJ, W_DISC, AGE_COEF, AGE_REF, PROG_SD = 0.65, 0.6, 0.45, 52.5, 0.35
 
-_FIELD_STRENGTHS = {"paper": (1.0, 1.5)}
 
 
 def _rng(seed: int, *key: int) -> np.random.Generator:
@@ -355,8 +354,8 @@ def acquisition(cfg: SynthConfig, s: SubjectAnatomy, visit: int) -> Acquisition:
     spider = acq[int(r.choice(len(acq), p=w / w.sum()))]
     if cfg.scanner_mode == "paper":
         fs = 1.0 if visit == 0 else 1.5
-    else:
-        fs = float(r.choice([1.0, 1.5]))
+    else:  # "mixed": the field strength of the drawn SPIDER protocol (1.5 T or 3 T), per scan
+        fs = float(spider[3])
     fov = r.uniform(*cfg.fov_mm)
     lo, hi = cfg.matrix
     matrix = int(np.clip(16 * round(fov / spider[0] / 16), lo, hi))
@@ -370,7 +369,7 @@ def acquisition(cfg: SynthConfig, s: SubjectAnatomy, visit: int) -> Acquisition:
     rp = cfg.reposition_mm
     body_rot = _rot(2, r.normal(0, 1.5)) @ _rot(1, r.normal(0, 1.0)) @ _rot(0, r.normal(0, 1.0))
     body_shift = np.array([r.normal(0, rp), r.normal(0, rp), r.normal(0, 2 * rp)])
-    snr_sd = (0.055 if fs < 1.25 else 0.035) * r.uniform(0.8, 1.25)
+    snr_sd = {1.0: 0.055, 1.5: 0.035}.get(fs, 0.025) * r.uniform(0.8, 1.25)
     gains = {
         "fat": (1.12 if fs < 1.25 else 1.0) * r.uniform(0.9, 1.1),
         "csf": (0.92 if fs < 1.25 else 1.0) * r.uniform(0.9, 1.1),

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import DISC_NAMES, LEVEL_NAMES
+from .. import LEVEL_NAMES
 from .anatomy import fingerprint_vector
 
 CROP_MM, CROP_PX, CROP_SLICES = 64.0, 64, 3

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import DISC_NAMES, LEVEL_NAMES, __version__, atomic
+from .. import DISC_NAMES, __version__, atomic
 from ..errors import ConfigError, InputError
 from .config import SynthConfig
 

@@ -59,7 +59,7 @@ class SynthConfig:
     interval_years: tuple[float, float] = (8.0, 12.0)  # baseline -> follow-up
     baseline_age: tuple[float, float] = (35.0, 70.0)
     female_fraction: float = 0.9  # TwinsUK is mostly female
-    scanner_mode: str = "paper"  # "paper": 1.0 T baseline, 1.5 T follow-ups; "mixed": drawn per scan
+    scanner_mode: str = "paper"  # "paper": 1.0 T baseline, 1.5 T follow-ups; "mixed": SPIDER's 1.5/3 T per scan
     rater_noise: float = 0.2  # share of graded discs moved to an adjacent grade
     # acquisition
     slices: tuple[int, int] = (11, 19)

@@ -271,7 +271,6 @@ class _Scene:
         out = np.where(lig, I["ligament"], out)
         lig_a = (yr > canal_a - 1.0) & (yr < canal_a) & (np.abs(xr) < 11)
         out = np.where(lig_a, I["ligament"], out)
-        canal_lab = canal & ~cord
         return out.astype(np.float32), canal
 
     def structure_local(self, st: Structure, x, y, z):

@@ -201,3 +201,35 @@ def test_extensions_index_entry_matches_the_cmake_project_and_resources_resolve(
         for url in urls:
             rel = url.split("/main/", 1)[1]
             assert (REPO / rel).is_file(), f"{key}: {rel} does not exist"
+
+
+def test_batch_grades_with_a_model_checkpoint(cohort, tmp_path):
+    import torch
+
+    from SpineSSLLib import checkpoint as ckpt
+    from SpineSSLLib.grading import IVD_HW
+    from SpineSSLLib.models import ModelConfig, VGGMNet
+
+    torch.manual_seed(1)
+    cfg = ModelConfig.preset("small")
+    ckpt.save_checkpoint(tmp_path / "grading" / "best", VGGMNet(cfg, 4, IVD_HW), {
+        "task": "grade", "model": cfg.to_dict(), "num_classes": 4, "in_hw": list(IVD_HW),
+        "class_names": ["1", "2", "3", "4"]})
+    batch = _load_script(BATCH)
+    truth = sorted((cohort / "truth").glob("*.json"))[0]
+    doc = json.loads(truth.read_text())
+    lst = tmp_path / "scans.csv"
+    lst.write_text(f"image,levels\n{cohort / doc['dicom_dir']},{truth}\n")
+    out = tmp_path / "out"
+    assert batch.main(["--list", str(lst), "--out", str(out), "--model", str(tmp_path / "grading"),
+                       "--device", "cpu"]) == 0
+    (d,) = [p for p in out.iterdir() if p.is_dir()]
+    scene = slicer.vtkMRMLScene()
+    rows = S.results_from_table(S.load_table(scene, d / f"{d.name}.csv"))
+    assert [r.name for r in rows] == list(DISC_NAMES)
+    seg = S.load_segmentation(scene, d / f"{d.name}.seg.nrrd")
+    tags = {s["name"]: s["tags"][S.GRADE_TAG] for s in S.segment_info(seg)}
+    for r in rows:
+        assert sum(r.probabilities) == pytest.approx(1.0, abs=1e-4)
+        assert r.grade == int(np.argmax(r.probabilities)) + 1 and tags[r.name] == str(r.grade)
+    assert batch.main(["--list", str(lst), "--out", str(out), "--model", str(tmp_path / "nothing")]) == 2

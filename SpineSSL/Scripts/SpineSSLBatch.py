@@ -6,7 +6,7 @@ Run with the full Slicer application but no window:
         --cohort /data/synthetic-cohort --out /data/spinessl-slicer-out
 
     Slicer --no-splash --no-main-window --python-script SpineSSL/Scripts/SpineSSLBatch.py \\
-        --list scans.csv --out /data/spinessl-slicer-out      # columns: image, levels[, key]
+        --list scans.csv --out /data/spinessl-slicer-out --model grading/  # columns: image, levels[, key]
 
 Per scan ``OUT/<key>/<key>.mrk.json`` (levels, locked), ``<key>.seg.nrrd`` (one segment per disc
 and vertebral body), when grades are known (a synthetic cohort's truth, or a ``grader`` passed to
@@ -165,7 +165,19 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--list", type=Path, help="CSV with columns image, levels[, key]")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--save-volume", action="store_true", help="also save each scan as <key>.nrrd")
+    p.add_argument("--model", type=Path, help="grading model folder (spine-ssl grade-train); default: no "
+                                              "grading (a synthetic cohort shows its truth grades)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda | cuda:N")
     return p
+
+
+def model_grader(model_dir: Path, device: str = "auto"):
+    """ScanVolumes -> per-disc results with a grading checkpoint (checked once, up front)."""
+    from SpineSSLLib import grading
+    from SpineSSLLib import scene as S
+
+    model_dir = grading.resolve_checkpoint_dir(model_dir)
+    return lambda volumes: S.grade_volumes(volumes, model_dir, device=device)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         items = synthetic_items(args.cohort) if args.cohort else list_items(args.list)
         for item in items:
             item.save_volume = args.save_volume
-        rows = process_batch(items, args.out, root=args.cohort or args.list.parent)
+        grader = model_grader(args.model, args.device) if args.model else None
+        rows = process_batch(items, args.out, grader, root=args.cohort or args.list.parent)
     except SpineSSLError as e:
         print(f"SpineSSLBatch: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -25,6 +25,7 @@ layer calls it on a volume node's array/affine); ``save_volumes``/``load_volumes
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import os
@@ -405,9 +406,9 @@ def qc_figure(path, scan, levels: LevelSet, sv: ScanVolumes, title: str = "") ->
 
     mids = sv.vb_mid_slice[sv.vb_present] if sv.vb_present.any() else np.array([scan.shape[0] // 2])
     k = int(np.median(mids))
-    fig = Figure(figsize=(13, 7), dpi=80)
+    fig = Figure(figsize=(14, 6), dpi=80)
     FigureCanvasAgg(fig)
-    gs = fig.add_gridspec(2, 8, width_ratios=[3.2] + [1] * 7)
+    gs = fig.add_gridspec(2, 8, width_ratios=[3.2] + [1] * 7, height_ratios=[1, 0.6])
     ax = fig.add_subplot(gs[:, 0])
     img = scan.array[k]
     lo, hi = np.percentile(img, [1, 99.5])
@@ -438,7 +439,7 @@ def qc_figure(path, scan, levels: LevelSet, sv: ScanVolumes, title: str = "") ->
         a.imshow(sv.ivd[i, sv.ivd.shape[1] // 2], cmap="gray", vmin=0, vmax=1)
         a.set_title(name if sv.ivd_present[i] else f"{name} (absent)", fontsize=8)
         a.axis("off")
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.94, bottom=0.03, wspace=0.08, hspace=0.15)
     with atomic.atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
 
@@ -621,6 +622,8 @@ def _process(job: dict) -> dict:
         res.update(status="ok", n_vb=int(sv.vb_present.sum()), n_ivd=int(sv.ivd_present.sum()), issues=issues)
     except SpineSSLError as e:
         res.update(error_type=type(e).__name__, message=redact(str(e), secret))
+        if e.path and os.path.exists(e.path):
+            res["file"] = redact(os.path.relpath(e.path, job["root"]) if job.get("root") else e.path, secret)
         if job.get("debug"):
             res["traceback"] = redact(traceback.format_exc(), secret)
     except (MemoryError, KeyboardInterrupt):
@@ -654,9 +657,8 @@ def run_extraction(cohort_dir, levels: LevelSource, config: ExtractConfig | None
     cfg = config or ExtractConfig()
     c = os.fspath(cohort_dir)
     meta, rows = read_index(c)
-    sel = [r for r in rows if r["status"] == "selected"]
-    if limit:
-        sel = sel[:limit]
+    all_sel = [r for r in rows if r["status"] == "selected"]
+    sel = all_sel[:limit] if limit else all_sel
     todo, summary = [], ExtractSummary()
     for r in sel:
         done = os.path.exists(os.path.join(c, "volumes", f"{r['scan_key']}.npz")) and \
@@ -685,7 +687,7 @@ def run_extraction(cohort_dir, levels: LevelSource, config: ExtractConfig | None
         jobs.append({"scan_key": r["scan_key"], "files": files, "format": r["format"], "cohort": c,
                      "levels": dataclasses.asdict(levels), "config": dataclasses.asdict(cfg),
                      "grades": grades, "grades_table": grades_table, "qc": qc, "debug": debug,
-                     "threads": n_threads, "salt": salt, "max_oblique_deg": float(icfg.get("max_oblique_deg", 30.0)),
+                     "threads": n_threads, "salt": salt, "root": str(root or meta["root"]), "max_oblique_deg": float(icfg.get("max_oblique_deg", 30.0)),
                      "spacing_tol_mm": float(icfg.get("spacing_tol_mm", 0.05)),
                      "row": {k: r[k] for k in ("subject_key", "family", "timepoint", "interval_days", "field_strength")}})
     results = list(missing)
@@ -713,15 +715,21 @@ def run_extraction(cohort_dir, levels: LevelSource, config: ExtractConfig | None
     summary.results = results
     # manifest of every extracted volume (finished scans from this and earlier runs)
     vol_rows = []
-    for r in sel:
+    for r in all_sel:
         side = os.path.join(c, "volumes", f"{r['scan_key']}.json")
         if os.path.exists(side) and os.path.exists(side[:-5] + ".npz"):
             with open(side, encoding="utf-8") as f:
                 vol_rows.extend(json.load(f)["rows"])
     summary.n_volumes = len(vol_rows)
     atomic.write_csv(os.path.join(c, "volumes.csv"), vol_rows, VOLUME_COLUMNS)
-    # errors table: index-stage errors are kept in errors.csv by index; extraction writes its own
-    errs = [{"file": x["file"], "stage": x["stage"], "error_type": x["error_type"], "message": x["message"]}
-            for x in results if x["status"] != "ok"]
-    atomic.write_csv(os.path.join(c, "extract_errors.csv"), errs, ERROR_COLUMNS)
+    # errors table (contract: C/errors.csv): the index's rows are kept, extraction failures of
+    # this run replace those of earlier runs (scans that failed before are retried each run)
+    err_path = os.path.join(c, "errors.csv")
+    kept = []
+    if os.path.exists(err_path):
+        with open(err_path, newline="", encoding="utf-8") as f:
+            kept = [r for r in csv.DictReader(f) if r.get("stage") == "index"]
+    errs = kept + [{"file": x["file"], "stage": x["stage"], "error_type": x["error_type"], "message": x["message"]}
+                   for x in results if x["status"] != "ok"]
+    atomic.write_csv(err_path, errs, ERROR_COLUMNS)
     return summary

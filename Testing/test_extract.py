@@ -338,8 +338,9 @@ def test_cohort_bad_scan_is_reported_and_batch_continues(cohort, tmp_path, capsy
     victim.write_bytes(victim.read_bytes()[:-500])
     rc = cli(["-q", "extract", str(c3), "--levels", f"truth:{out / 'truth'}", "--workers", "2"])
     assert rc == 1
-    errs = _csv(c3 / "extract_errors.csv")
+    errs = [e for e in _csv(c3 / "errors.csv") if e["stage"] != "index"]
     assert len(errs) == 1 and errs[0]["error_type"] == "DicomError" and "truncated" in errs[0]["message"]
+    assert errs[0]["stage"] == "read" and errs[0]["file"] == os.path.relpath(victim, src)
     n_sel = sum(r["status"] == "selected" for r in _csv(c3 / "series.csv"))
     assert len(_csv(c3 / "volumes.csv")) == 13 * (n_sel - 1)
     outp = capsys.readouterr().out

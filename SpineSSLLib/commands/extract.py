@@ -4,8 +4,8 @@ scan of an indexed cohort, with the volume manifest."""
 NAME = "extract"
 HELP = "cut the 7 vertebral-body and 6 disc volumes per scan, with a manifest"
 DESCRIPTION = (HELP + ".  Writes C/volumes/<scan_key>.npz (+ .json sidecar), C/volumes.csv, "
-               "C/extract_errors.csv and with --qc C/qc/<scan_key>.png.  Resumable: finished scans are "
-               "skipped.  Exit codes: 0 all scans ok; 1 some scans failed (see extract_errors.csv); "
+               "C/errors.csv (failed scans appended to the index's rows) and with --qc C/qc/<scan_key>.png.  Resumable: finished scans are "
+               "skipped.  Exit codes: 0 all scans ok; 1 some scans failed (see errors.csv); "
                "2 bad input; 130 interrupted.")
 
 
@@ -44,7 +44,8 @@ def run(args) -> int:
     s = run_extraction(args.cohort, src, cfg, workers=args.workers, qc=args.qc, grades=args.grades,
                        root=args.root, overwrite=args.overwrite, debug=args.debug, limit=args.limit)
     flagged = sum(1 for r in s.results if r["status"] == "ok" and (r["n_vb"] < 7 or r["n_ivd"] < 6))
-    print(f"extract: {s.ok} ok, {s.skipped} skipped (already done), {s.failed} failed; "
+    print(f"extract: {s.ok} ok, {s.skipped} skipped (already done), {s.failed} failed (see "
+          f"{args.cohort}/errors.csv); "
           f"{s.n_volumes} volumes in {args.cohort}/volumes.csv; {flagged} scan(s) with missing levels")
     reasons = Counter(f"{r['error_type']}: {r['message'].split(': ', 1)[-1]}" for r in s.results if r["status"] != "ok")
     for reason, n in reasons.most_common(10):

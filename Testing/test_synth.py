@@ -244,3 +244,34 @@ def test_cli_writes_cohort_and_prints_summary(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "1 subjects" in r.stdout and "2 scans" in r.stdout and "disc grades" in r.stdout
     assert len(_truths(out)) == 2
+
+
+# Image statistics of the tiny seed-0 cohort, measured when the calibration figures in
+# docs/synthetic-cohort.md were recorded.  A change to the rendering or the anatomy model moves
+# them: rerun benchmarks/synth_calibration.py, update the docs, then these numbers.
+PINNED_IMAGE_STATS = {
+    "S00001/0": ([1.3969, 2.0198, 2.1532, 1.3544, 0.8714, 0.8633], 0.4614),
+    "S00001/1": ([1.9982, 1.8441, 2.4789, 0.9009, 0.7787, 0.6929], 0.549),
+    "S00002/0": ([1.1399, 1.1288, 0.8425, 0.5313, 1.0384, 1.2178], 0.5024),
+    "S00003/0": ([2.0284, 1.5205, 1.2154, 0.9312, 1.2424, 0.9977], 0.4764),
+    "S00003/1": ([1.7395, 1.963, 0.8373, 0.4928, 0.9514, 0.5561], 0.4959),
+}
+
+
+def test_rendering_statistics_are_pinned(tiny):
+    from SpineSSLLib.synth import calibration as C
+
+    root, _ = tiny
+    seen = {}
+    for t in C.load_scans(root):
+        img, arr = C._read_series(root / t["dicom_dir"])
+        lv = {l["name"]: l for l in t["levels"]["levels"]}
+        vb = {n: C._box_mean(img, arr, lv[n]["centroid_lps"], 8.0, 6.0, np.median) for n in lv}
+        nuc = [C._box_mean(img, arr, d["centroid_lps"], 6.0, 2.0) / (0.5 * (vb[a] + vb[b]))
+               for d, (a, b) in zip(t["discs"], zip(LEVEL_NAMES[:-1], LEVEL_NAMES[1:]))]
+        crop = C._crop(img, arr, lv["L3"]["centroid_lps"], np.random.default_rng(0), 0.0)
+        seen[f'{t["subject_id"]}/{t["visit"]}'] = (nuc, float(crop.std() / crop.mean()))
+    assert set(seen) == set(PINNED_IMAGE_STATS)
+    for key, (nuc, cv) in PINNED_IMAGE_STATS.items():
+        np.testing.assert_allclose(seen[key][0], nuc, rtol=0.02, err_msg=key)
+        assert seen[key][1] == pytest.approx(cv, rel=0.02), key

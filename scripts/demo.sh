@@ -8,6 +8,11 @@ spine-ssl --version
 spine-ssl info
 # Synthetic longitudinal cohort as DICOM + ground truth (docs/synthetic-cohort.md): the demo's data.
 spine-ssl synth "$OUT/cohort" --preset demo --seed 0 --workers 2 --overwrite
+# Index (headers only, pseudonymous keys) and VB/IVD volume extraction with QC pictures
+# (docs/extraction.md); levels from the synthetic ground truth.
+spine-ssl -q index "$OUT/cohort/dicom" --out "$OUT/C"
+spine-ssl -q extract "$OUT/C" --levels "truth:$OUT/cohort/truth" --workers 2 --qc
+echo "Extraction QC picture: $(ls "$OUT"/C/qc/*.png | head -n 1)"
 # Slicer module stage, without Slicer (slicer-core): one synthetic subject through the module's
 # batch script (levels markups, segmentation, grades table per scan) and the user-guide figure.
 spine-ssl -q synth "$OUT/slicer-subject" --preset tiny --subjects 1 --seed 3 --overwrite

@@ -96,6 +96,7 @@ def test_batch_core_processes_each_scan_in_a_scene_and_saves_outputs(cohort, tmp
     # pseudonymous outputs: neither the subject id nor folder names appear anywhere
     written = b"".join(p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != "batch_salt.txt")
     assert b"S00001" not in written and b"dicom/" not in written
+    assert cli(["-q", "audit-outputs", str(out), "--source", str(cohort / "dicom")]) == 0  # the project's audit
     # the documentation figure command runs on these outputs
     figures = _load_script(FIGURES)
     assert figures.main([str(out), "--out", str(tmp_path / "img"), "--name", "fig.png"]) == 0

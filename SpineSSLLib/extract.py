@@ -180,13 +180,6 @@ def _plan(scan, levels: LevelSet, cfg: ExtractConfig):
     return n, sgn, dk, vb_boxes, ivd_boxes, issues
 
 
-def _box_points(box: _Box, shape: tuple[int, int]) -> np.ndarray:
-    H, W = shape
-    jj, ii = np.meshgrid(np.arange(H, dtype=np.float64) - (H - 1) / 2,
-                         np.arange(W, dtype=np.float64) - (W - 1) / 2, indexing="ij")
-    return (box.centre[None, None] + (ii[..., None] * box.pixel) * box.u + (jj[..., None] * box.pixel) * box.v).reshape(-1, 3)
-
-
 def _box_affine(box: _Box, shape: tuple[int, int], n: np.ndarray, dk: float, n_slices: int) -> np.ndarray:
     H, W = shape
     aff = np.eye(4)
@@ -264,7 +257,7 @@ def extract_scan(scan, levels: LevelSet, config: ExtractConfig | None = None) ->
     grid = torch.cat(parts).view(1, 1, -1, 2)
 
     kmids = np.array([bx.kmid for bx in vbs + ivds])
-    k_lo = int(max(0, kmids.min() - half - 0))
+    k_lo = int(max(0, kmids.min() - half))
     k_hi = int(min(K - 1, kmids.max() + half))
     src = torch.from_numpy(np.ascontiguousarray(scan.array[k_lo:k_hi + 1], dtype=np.float32))[None].to(dev)
     if dev.type == "cpu":

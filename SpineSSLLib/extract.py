@@ -503,14 +503,39 @@ class LevelSource:
         return L.load_spinenet_json(path, scan), path
 
 
+# SPIDER radiological_gradings.csv: IVD label n is the disc above vertebra n counted from the
+# bottom (1 = L5/S1 ... 6 = T12/L1); 0 marks a disc below L5/S1 in transitional anatomy (ignored).
+SPIDER_IVD = {1: "L5-S1", 2: "L4-L5", 3: "L3-L4", 4: "L2-L3", 5: "L1-L2", 6: "T12-L1"}
+
+
+def _spider_grades(rows: list[dict], path) -> dict[str, dict[str, int]]:
+    """Patient id -> disc -> Pfirrmann grade (1-5) from SPIDER's radiological_gradings.csv; the
+    scans are matched by their file stem's patient prefix (``<patient>_t2.mha``)."""
+    from .errors import ManifestError
+
+    out: dict[str, dict[str, int]] = {}
+    for r in rows:
+        try:
+            label, grade = int(r["ivd label"]), int(float(r["pfirrman grade"]))
+        except (KeyError, ValueError) as e:
+            raise ManifestError(f"SPIDER gradings: bad row {r}", path) from e
+        if label in SPIDER_IVD:
+            out.setdefault(f"spider:{r['patient']}", {})[SPIDER_IVD[label]] = grade
+    return out
+
+
 def load_grades_csv(path) -> dict[str, dict[str, int]]:
     """scan key (scan_key or SeriesInstanceUID) -> disc -> grade from a CSV with columns
-    ``scan_key`` or ``series_uid``, ``disc`` ('L4-L5' or 'L4/L5'), ``grade``."""
+    ``scan_key`` or ``series_uid``, ``disc`` ('L4-L5' or 'L4/L5'), ``grade``; or SPIDER's
+    ``radiological_gradings.csv`` (recognised by its columns)."""
     from .errors import ManifestError
     from .index import _read_table
 
     out: dict[str, dict[str, int]] = {}
-    for r in _read_table(path):
+    rows = _read_table(path)
+    if rows and {"patient", "ivd label", "pfirrman grade"} <= set(rows[0]):
+        return _spider_grades(rows, path)
+    for r in rows:
         key = r.get("scan_key") or r.get("series_uid") or r.get("series_instance_uid")
         disc = (r.get("disc") or "").upper().replace("/", "-")
         if not key or disc not in DISC_NAMES:
@@ -564,8 +589,8 @@ def _process(job: dict) -> dict:
             keys = [key, scan.meta.get("series_instance_uid", "")]
         else:
             scan = read_scan(files[0], max_oblique_deg=job["max_oblique_deg"])
-            name = os.path.basename(files[0])
-            keys = [key, name.split(".")[0]]
+            stem = os.path.basename(files[0]).split(".")[0]
+            keys = [key, stem, "spider:" + stem.split("_")[0]]
         scan.meta["source"] = f"scan {key}"
         res["stage"] = "levels"
         src = LevelSource(**job["levels"])
@@ -585,8 +610,7 @@ def _process(job: dict) -> dict:
 
             grades = truth_grades(level_file)
         elif job.get("grades_table") is not None:
-            for k in keys:
-                grades = job["grades_table"].get(k, grades) if not grades else grades
+            grades = next((job["grades_table"][k] for k in keys if k in job["grades_table"]), {})
         res["stage"] = "write"
         vol_rel = f"volumes/{key}.npz"
         save_volumes(os.path.join(job["cohort"], vol_rel), sv, scan.affine, scan.shape)

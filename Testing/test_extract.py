@@ -357,3 +357,61 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):
     assert rc == 2 and err.count("\n") == 1 and "not an indexed cohort" in err
     rc = cli(["extract", str(tmp_path), "--levels", "bogus"])
     assert rc == 2
+
+
+# Rows for patients 1 and 2 of SPIDER's radiological_gradings.csv (van der Graaf et al. 2024,
+# CC-BY 4.0; /work/shared/data/spider/), in the file's own format.
+SPIDER_GRADINGS = """Patient,IVD label,Modic,UP endplate,LOW endplate,Spondylolisthesis,Disc herniation,Disc narrowing,Disc bulging,Pfirrman grade
+1,1,0,0,0,0,0,1,1,3
+1,2,0,0,0,0,0,0,1,3
+1,3,0,0,0,0,0,1,1,3
+1,4,0,0,0,0,0,1,1,4
+1,5,0,0,0,0,0,1,0,4
+1,6,0,0,1,0,0,1,0,4
+1,7,0,0,0,0,0,1,0,4
+2,1,0,0,0,0,0,0,1,4
+2,2,2,1,1,0,0,1,1,4
+2,3,2,1,1,0,0,1,1,3
+2,4,2,1,1,0,0,0,1,4
+2,5,2,1,1,0,0,0,1,4
+2,6,0,0,0,0,0,0,0,4
+"""
+
+
+def test_spider_layout_mha_with_masks_and_gradings(tmp_path):
+    """SPIDER-style cohort: images/<patient>_t2.mha + masks/<patient>_t2.mha (SPIDER numbering,
+    no sacrum label) + the gradings table; index from a table, extract with label maps."""
+    root = tmp_path / "spider"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    shape, spacing = (13, 256, 112), (1.2, 1.2, 4.0)
+    aff = sagittal_affine(shape, spacing)
+    lv = truth_levels()
+    img = render(aff, shape, lv)
+    spider = {"T12": 6, "L1": 5, "L2": 4, "L3": 3, "L4": 2, "L5": 1, "S1": 0}
+    for p in ("1", "2"):
+        write_image(root / "images" / f"{p}_t2.mha", img, aff)
+        write_image(root / "masks" / f"{p}_t2.mha", render_labels(aff, shape, lv, values=spider), aff)
+    (tmp_path / "table.csv").write_text("file,subject,interval_days\nimages/1_t2.mha,1,0\nimages/2_t2.mha,2,0\n")
+    (tmp_path / "grades.csv").write_text(SPIDER_GRADINGS)
+    c = tmp_path / "C"
+    assert cli(["-q", "index", str(root), "--out", str(c), "--table", str(tmp_path / "table.csv")]) == 0
+    assert cli(["-q", "extract", str(c), "--levels", f"labels:{root / 'masks'}", "--label-mapping", "spider",
+                "--grades", str(tmp_path / "grades.csv")]) == 0
+    vols = _csv(c / "volumes.csv")
+    assert len(vols) == 2 * (6 + 5)  # no sacrum label in SPIDER -> no S1, no L5-S1
+    series = {r["scan_key"]: r for r in _csv(c / "series.csv")}
+    for v in vols:
+        assert v["levels_source"] == "labels" and v["level"] not in ("S1", "L5-S1")
+    # grades: patient 1 L4-L5 (IVD label 2) = 3, L2-L3 (label 4) = 4; patient 2 L3-L4 (label 3) = 3
+    by = {}
+    for v in vols:
+        if v["kind"] == "IVD":
+            by.setdefault(v["scan_key"], {})[v["level"]] = v["grade"]
+    got = sorted((d["L4-L5"], d["L3-L4"], d["L2-L3"], d["T12-L1"]) for d in by.values())
+    assert got == sorted([("3", "3", "4", "4"), ("4", "3", "4", "4")])
+    sv = load_volumes(c / vols[0]["file"])
+    assert list(sv.vb_present) == [True] * 6 + [False]
+    side = json.loads((c / "volumes" / f"{vols[0]['scan_key']}.json").read_text())
+    assert any(s.startswith("S1:") for s in side["issues"])
+    assert all(series[v["scan_key"]]["format"] == "image" for v in vols)

@@ -22,18 +22,22 @@ def add_arguments(parser):
     parser.add_argument("--scanner-mode", choices=("paper", "mixed"), default=None,
                         help="paper: 1.0 T baseline / 1.5 T follow-up; mixed: 1.5 T or 3 T per scan as in SPIDER")
     parser.add_argument("--rater-noise", type=float, default=None, help="share of grades moved to an adjacent grade")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="worker processes (default: 2, or 1 on a single-core machine); output does not depend on it")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
 
 
 def run(args) -> int:
+    import os
+
     from ..synth.cohort import generate_cohort
     from ..synth.config import preset
 
     cfg = preset(args.preset, subjects=args.subjects, seed=args.seed, followup_fraction=args.followup_fraction,
                  three_visit_fraction=args.three_visit_fraction, twin_fraction=args.twin_fraction,
                  graded_fraction=args.graded_fraction, scanner_mode=args.scanner_mode, rater_noise=args.rater_noise)
-    s = generate_cohort(args.out, cfg, overwrite=args.overwrite, workers=args.workers)
+    workers = args.workers if args.workers is not None else min(2, os.cpu_count() or 1)
+    s = generate_cohort(args.out, cfg, overwrite=args.overwrite, workers=workers)
     h = s["grade_histogram"]
     print(f"synthetic cohort in {args.out}: {s['subjects']} subjects ({s['twin_pairs']} twin pairs, "
           f"{s['with_followup']} with follow-ups), {s['scans']} scans")

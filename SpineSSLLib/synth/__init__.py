@@ -8,11 +8,15 @@ Modules: ``config`` (SynthConfig + presets), ``anatomy`` (subjects, fingerprints
 from __future__ import annotations
 
 
-def generate_cohort(out_dir, config=None, overwrite: bool = False) -> dict:
-    """Generate a cohort into ``out_dir`` (see ``cohort.generate_cohort``)."""
+def generate_cohort(out_dir, config=None, overwrite: bool = False, workers: int = 1) -> dict:
+    """Generate a cohort into ``out_dir`` and return its summary (see ``cohort.generate_cohort``).
+
+    ``config`` is a ``SynthConfig`` (default knobs if None); ``workers`` processes render
+    families in parallel without changing the output.
+    """
     from .cohort import generate_cohort as _gen
 
-    return _gen(out_dir, config, overwrite=overwrite)
+    return _gen(out_dir, config, overwrite=overwrite, workers=workers)
 
 
 __all__ = ["generate_cohort"]

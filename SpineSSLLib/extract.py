@@ -551,6 +551,7 @@ def load_grades_csv(path) -> dict[str, dict[str, int]]:
 # Batch extraction (spine-ssl extract)
 # --------------------------------------------------------------------------------------------
 
+SCAN_COLUMNS = ["scan_key", "subject_key", "status", "n_vb", "n_ivd", "missing", "issues", "error"]
 VOLUME_COLUMNS = ["volume_id", "scan_key", "subject_key", "family", "timepoint", "interval_days",
                   "field_strength", "level", "kind", "grade", "file", "index", "mid_slice", "width_mm",
                   "levels_source"]
@@ -731,14 +732,28 @@ def run_extraction(cohort_dir, levels: LevelSource, config: ExtractConfig | None
             summary.failed += 1
     summary.results = results
     # manifest of every extracted volume (finished scans from this and earlier runs)
-    vol_rows = []
+    vol_rows, scan_rows = [], []
+    failed = {x["scan_key"]: x for x in results if x["status"] != "ok"}
     for r in all_sel:
         side = os.path.join(c, "volumes", f"{r['scan_key']}.json")
+        row = {"scan_key": r["scan_key"], "subject_key": r["subject_key"], "status": "not extracted",
+               "n_vb": 0, "n_ivd": 0, "missing": "", "issues": "", "error": ""}
         if os.path.exists(side) and os.path.exists(side[:-5] + ".npz"):
             with open(side, encoding="utf-8") as f:
-                vol_rows.extend(json.load(f)["rows"])
+                doc = json.load(f)
+            vol_rows.extend(doc["rows"])
+            have = {v["level"] for v in doc["rows"]}
+            row.update(status="ok", n_vb=sum(v["kind"] == "VB" for v in doc["rows"]),
+                       n_ivd=sum(v["kind"] == "IVD" for v in doc["rows"]),
+                       missing=" ".join(n for n in LEVEL_NAMES + DISC_NAMES if n not in have),
+                       issues="; ".join(doc.get("issues", [])))
+        elif r["scan_key"] in failed:
+            x = failed[r["scan_key"]]
+            row.update(status="failed", error=f"{x['error_type']}: {x['message']}")
+        scan_rows.append(row)
     summary.n_volumes = len(vol_rows)
     atomic.write_csv(os.path.join(c, "volumes.csv"), vol_rows, VOLUME_COLUMNS)
+    atomic.write_csv(os.path.join(c, "scans.csv"), scan_rows, SCAN_COLUMNS)
     # errors table (contract: C/errors.csv): the index's rows are kept, extraction failures of
     # this run replace those of earlier runs (scans that failed before are retried each run)
     err_path = os.path.join(c, "errors.csv")

@@ -342,6 +342,9 @@ def test_cohort_bad_scan_is_reported_and_batch_continues(cohort, tmp_path, capsy
     assert len(errs) == 1 and errs[0]["error_type"] == "DicomError" and "truncated" in errs[0]["message"]
     assert errs[0]["stage"] == "read" and errs[0]["file"] == os.path.relpath(victim, src)
     n_sel = sum(r["status"] == "selected" for r in _csv(c3 / "series.csv"))
+    scans = _csv(c3 / "scans.csv")
+    assert sorted(r["status"] for r in scans) == ["failed"] + ["ok"] * (n_sel - 1)
+    assert "truncated" in next(r["error"] for r in scans if r["status"] == "failed")
     assert len(_csv(c3 / "volumes.csv")) == 13 * (n_sel - 1)
     outp = capsys.readouterr().out
     assert "1 failed" in outp
@@ -414,4 +417,7 @@ def test_spider_layout_mha_with_masks_and_gradings(tmp_path):
     assert list(sv.vb_present) == [True] * 6 + [False]
     side = json.loads((c / "volumes" / f"{vols[0]['scan_key']}.json").read_text())
     assert any(s.startswith("S1:") for s in side["issues"])
+    scans = _csv(c / "scans.csv")  # per-scan extraction manifest: what is missing and why
+    assert [(r["status"], r["n_vb"], r["n_ivd"], r["missing"]) for r in scans] == [("ok", "6", "5", "S1 L5-S1")] * 2
+    assert all("S1: no label for this level in the mapping" in r["issues"] for r in scans)
     assert all(series[v["scan_key"]]["format"] == "image" for v in vols)

@@ -78,6 +78,7 @@ class DicomHeader:
     slice_thickness: float | None
     frames: int
     manufacturer: str = ""
+    sop_uid: str = ""
 
 
 def is_image_file(path) -> bool:
@@ -173,6 +174,7 @@ def read_header(path) -> DicomHeader | None:
         slice_thickness=_float(ds.get("SliceThickness")),
         frames=_int(ds.get("NumberOfFrames")) or 1,
         manufacturer=str(ds.get("Manufacturer", "") or ""),
+        sop_uid=str(ds.get("SOPInstanceUID", "") or ""),
     )
 
 
@@ -214,6 +216,17 @@ def obliquity_deg(normal) -> float:
     return float(np.degrees(np.arccos(min(1.0, abs(n[0])))))
 
 
+def unique_instances(headers: list) -> list:
+    """Drop exact copies of an instance (same SOPInstanceUID, e.g. ``IM0001 (1).dcm``)."""
+    seen, out = set(), []
+    for h in headers:
+        if h.sop_uid and h.sop_uid in seen:
+            continue
+        seen.add(h.sop_uid)
+        out.append(h)
+    return out
+
+
 def series_geometry(headers: list, where: str | None = None, spacing_tol: float = 0.05,
                     max_oblique_deg: float | None = 30.0) -> SeriesGeometry:
     """Order the files of one series along the slice normal and build its voxel->LPS affine.
@@ -229,6 +242,7 @@ def series_geometry(headers: list, where: str | None = None, spacing_tol: float 
     if not headers:
         raise DicomError("no DICOM images", where)
     where = where or os.path.dirname(headers[0].path)
+    headers = unique_instances(headers)
     uids = {h.series_uid for h in headers}
     if len(uids) > 1:
         raise DicomError(f"mixed series: {len(uids)} SeriesInstanceUIDs in one series", where)

@@ -257,3 +257,13 @@ def test_axial_volume_file_is_not_sagittal(tmp_path):
     _write_sitk(tmp_path / "ax.nrrd", arr, np.diag([0.8, 0.8, 5.0, 1.0]))  # 5 mm axial slices
     with pytest.raises(GeometryError, match="not sagittal"):
         read_scan(tmp_path / "ax.nrrd")
+
+
+def test_duplicate_copies_of_an_instance_are_ignored(tmp_path):
+    import shutil
+
+    arr = small_volume()
+    paths = write_series(tmp_path, arr, sagittal_affine(arr.shape), HDR)
+    shutil.copy(paths[2], tmp_path / "IM0003 (1).dcm")
+    scan = read_dicom_series(tmp_path)
+    np.testing.assert_array_equal(scan.array, arr)

@@ -220,9 +220,10 @@ def unique_instances(headers: list) -> list:
     """Drop exact copies of an instance (same SOPInstanceUID, e.g. ``IM0001 (1).dcm``)."""
     seen, out = set(), []
     for h in headers:
-        if h.sop_uid and h.sop_uid in seen:
+        key = (h.sop_uid, h.rows, h.columns, None if h.ipp is None else tuple(np.round(h.ipp, 3)))
+        if h.sop_uid and key in seen:
             continue
-        seen.add(h.sop_uid)
+        seen.add(key)
         out.append(h)
     return out
 

@@ -207,3 +207,15 @@ def test_empty_folder_is_an_error(tmp_path, capsys):
     (tmp_path / "in" / "x.txt").write_text("x")
     assert cli(["index", str(tmp_path / "in"), "--out", str(tmp_path / "C")]) == 2
     assert "no DICOM image series" in capsys.readouterr().err
+
+
+def test_paths_named_after_the_patient_are_redacted(tmp_path):
+    root = tmp_path / "in"
+    sag = sagittal_affine(SHAPE, (1.0, 1.0, 4.0))
+    write_series(root / "DOE_JANE_PAT77" / "ok", vol(1), sag, hdr("DOE_JANE_PAT77", "20100101"))
+    bad = write_series(root / "DOE_JANE_PAT77" / "bad", vol(2), sag, hdr("DOE_JANE_PAT77", "20110101"))
+    bad[0].write_bytes(bad[0].read_bytes()[:-40])
+    res = build_index(root, tmp_path / "C")
+    assert res.errors and all("DOE_JANE_PAT77" not in e["file"] + e["message"] for e in res.errors)
+    assert res.errors[0]["file"].startswith("<redacted>")
+    assert audit_outputs(tmp_path / "C", root).ok

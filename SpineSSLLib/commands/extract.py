@@ -44,8 +44,8 @@ def run(args) -> int:
     s = run_extraction(args.cohort, src, cfg, workers=args.workers, qc=args.qc, grades=args.grades,
                        root=args.root, overwrite=args.overwrite, debug=args.debug, limit=args.limit)
     flagged = sum(1 for r in s.results if r["status"] == "ok" and (r["n_vb"] < 7 or r["n_ivd"] < 6))
-    print(f"extract: {s.ok} ok, {s.skipped} skipped (already done), {s.failed} failed (see "
-          f"{args.cohort}/errors.csv); "
+    see = f" (see {args.cohort}/errors.csv)" if s.failed else ""
+    print(f"extract: {s.ok} ok, {s.skipped} skipped (already done), {s.failed} failed{see}; "
           f"{s.n_volumes} volumes in {args.cohort}/volumes.csv; {flagged} scan(s) with missing levels")
     reasons = Counter(f"{r['error_type']}: {r['message'].split(': ', 1)[-1]}" for r in s.results if r["status"] != "ok")
     for reason, n in reasons.most_common(10):

@@ -441,9 +441,10 @@ def qc_figure(path, scan, levels: LevelSet, sv: ScanVolumes, title: str = "") ->
 # Level and grade sources for a batch
 # --------------------------------------------------------------------------------------------
 
-LEVEL_SOURCES = ("truth", "markups", "labels", "spinenet", "detect")  # detect[:MODEL]: run the detector
+LEVEL_SOURCES = ("truth", "levels", "markups", "labels", "spinenet", "detect")  # detect[:MODEL]: run the detector
 _PATTERNS = {
     "truth": ("{k}.json",),
+    "levels": ("{k}.json",),  # saved level sets (spinessl.levels/1), e.g. written by `spine-ssl detect`
     "markups": ("{k}.mrk.json", "{k}.json"),
     "labels": ("{k}_labels.nii.gz", "{k}.nii.gz", "{k}_labels.nii", "{k}.nii", "{k}_labels.nrrd", "{k}.nrrd",
                "{k}_labels.mha", "{k}.mha", "{k}_labels.mhd", "{k}.mhd"),
@@ -485,16 +486,16 @@ class LevelSource:
         raise LevelsError(f"no {self.kind} level file for this scan (looked for "
                           f"{_PATTERNS[self.kind][0].format(k='<scan_key|SeriesInstanceUID|file stem>')})", self.folder)
 
-    def load(self, scan, keys: list[str]) -> tuple[LevelSet, str]:
+    def load(self, scan, keys: list[str], device: str = "auto") -> tuple[LevelSet, str]:
         from . import levels as L
 
         if self.kind == "detect":
             from .detect.infer import detect_levels
 
-            return detect_levels(scan, self.folder or None, min_confidence=0.5,
+            return detect_levels(scan, self.folder or None, device=device, min_confidence=0.5,
                                  where=scan.meta.get("source")), self.folder or "bundled detector"
         path = self.find(keys)
-        if self.kind == "truth":
+        if self.kind in ("truth", "levels"):
             return L.from_truth_json(path), path
         if self.kind == "markups":
             return L.from_markups(path), path
@@ -595,7 +596,7 @@ def _process(job: dict) -> dict:
         scan.meta["source"] = f"scan {key}"
         res["stage"] = "levels"
         src = LevelSource(**job["levels"])
-        levels, level_file = src.load(scan, keys)
+        levels, level_file = src.load(scan, keys, device=cfg.device)
         res["stage"] = "extract"
         sv = extract_scan(scan, levels, cfg)
         meta = dict(job["row"])

@@ -222,13 +222,16 @@ def _load_json(path) -> dict:
 
 
 def from_truth_json(path) -> LevelSet:
-    """Levels from a synthetic cohort's truth JSON (``spinessl.synth.truth/1``)."""
+    """Levels from a synthetic cohort's truth JSON (``spinessl.synth.truth/1``) or a saved level
+    set (``spinessl.levels/1``, as written by ``spine-ssl detect``)."""
     from .errors import LevelsError
 
     d = _load_json(path)
     lv = d.get("levels")
-    if not isinstance(lv, dict) or "levels" not in lv:
-        raise LevelsError("no 'levels' structure (not a SpineSSL truth file?)", path)
+    if isinstance(lv, list):  # a saved level set (``spine-ssl detect`` output, spinessl.levels/1)
+        lv = d
+    if not isinstance(lv, dict) or not isinstance(lv.get("levels"), list):
+        raise LevelsError("no 'levels' structure (not a SpineSSL truth or level file?)", path)
     try:
         ls = LevelSet.from_dict(lv)
     except (KeyError, TypeError, ValueError) as e:

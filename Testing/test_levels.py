@@ -37,6 +37,13 @@ def test_truth_json_roundtrip(tmp_path):
     assert L.truth_grades(p) == {"L4-L5": 3}
 
 
+def test_saved_level_set_is_read_like_truth(tmp_path):
+    lv = truth_levels()
+    p = tmp_path / "k.json"  # the layout `spine-ssl detect` writes (spinessl.levels/1)
+    p.write_text(json.dumps({"schema": "spinessl.levels/1", "detector": "x", "key": "k", **lv.to_dict()}))
+    assert_same_levels(L.from_truth_json(p), lv, 1e-3)
+
+
 def test_truth_json_malformed(tmp_path):
     p = tmp_path / "bad.json"
     p.write_text("{not json")

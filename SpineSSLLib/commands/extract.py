@@ -14,7 +14,8 @@ def add_arguments(parser):
     parser.add_argument("--levels", required=True, metavar="KIND:FOLDER",
                         help="where vertebra levels come from: truth:FOLDER (synthetic truth JSON, "
                         "<SeriesInstanceUID>.json), markups:FOLDER (<key>.mrk.json), labels:FOLDER "
-                        "(<key>_labels.nii.gz / .nrrd / .mha), spinenet:FOLDER (<key>.json vert_dicts), detect or "
+                        "(<key>_labels.nii.gz / .nrrd / .mha), spinenet:FOLDER (<key>.json vert_dicts), levels:FOLDER "
+                        "(<key>.json level sets written by `spine-ssl detect`), detect or "
                         "detect:MODEL (automatic detection; levels with confidence < 0.5 are not used); "
                         "<key> is the scan_key, the SeriesInstanceUID or the image file stem")
     parser.add_argument("--label-mapping", default="spider",

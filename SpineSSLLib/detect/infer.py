@@ -9,8 +9,10 @@
 3. ``assign.assign_instances`` labels the candidates with one chain from the sacrum upward (one
    instance per level for the whole scan, hence consistent across slices);
 4. per level: the slice range = slices where its class still covers its region; the lateral
-   centroid = sub-slice peak of the centre map's profile across slices (the centre map falls off
-   away from the body's mid-sagittal plane); the corners = the region's extreme points along the
+   centroid = the middle of that range (interpolated half-coverage crossings) or, when the body
+   runs past the first or last slice, the sub-slice peak of the centre map's profile across
+   slices (centre of mass of its upper half; the centre map falls off away from the body's
+   mid-sagittal plane); the corners = the region's extreme points along the
    local spine axis and its perpendicular, on the band around the mid slice.
 """
 
@@ -85,16 +87,26 @@ def _slice_range(p: np.ndarray) -> tuple[int, int]:
     return lo, hi
 
 
+def _range_middle(p: np.ndarray, lo: int, hi: int) -> float | None:
+    """Middle of the interpolated half-coverage crossings on both sides of [lo, hi], or None when
+    the range touches the first or last slice (the body continues beyond the stack)."""
+    K = len(p)
+    if lo <= 0 or hi >= K - 1:
+        return None
+    thr = min(0.5, 0.5 * float(p[lo:hi + 1].max()))
+    f_lo = lo - float(np.clip((p[lo] - thr) / max(p[lo] - p[lo - 1], 1e-6), 0.0, 1.0))
+    f_hi = hi + float(np.clip((p[hi] - thr) / max(p[hi] - p[hi + 1], 1e-6), 0.0, 1.0))
+    return 0.5 * (f_lo + f_hi)
+
+
 def _peak_slice(p: np.ndarray, lo: int, hi: int) -> float:
-    """Fractional slice of the profile's peak within [lo, hi] (log-parabola through the maximum
-    and its neighbours, i.e. exact for a Gaussian fall-off)."""
-    k = lo + int(np.argmax(p[lo:hi + 1]))
-    if 0 < k < len(p) - 1:
-        lm, l0, lp = (np.log(max(float(v), 1e-6)) for v in (p[k - 1], p[k], p[k + 1]))
-        den = lm - 2 * l0 + lp
-        if den < -1e-9:
-            return k + float(np.clip(0.5 * (lm - lp) / den, -1.0, 1.0))
-    return float(k)
+    """Fractional slice of the profile's peak within [lo, hi]: centre of mass of its upper half
+    (robust when the profile is flat-topped, exact for a symmetric peak)."""
+    seg = np.asarray(p[lo:hi + 1], dtype=np.float64)
+    w = np.clip(seg - 0.5 * seg.max(), 0.0, None)
+    if w.sum() <= 0:
+        return 0.5 * (lo + hi)
+    return float(lo + (w * np.arange(len(seg))).sum() / w.sum())
 
 
 def _axes(name: str, pos: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -185,7 +197,9 @@ def detect_scan(detector: Detector, scan: Scan, path=None, source: str | None = 
         mask = by_pos[(a.row, a.col)].mask
         cover = np.array([maps[k, FIRST_LEVEL + v][mask].mean() for k in range(K)])
         lo, hi = _slice_range(cover)
-        kf = _peak_slice(_profile(centre, a.row, a.col), lo, hi)
+        kf = _range_middle(cover, lo, hi)
+        if kf is None:  # the body spans the stack: the centre map's lateral fall-off places it
+            kf = _peak_slice(_profile(centre, a.row, a.col), lo, hi)
         mid_k = int(np.clip(np.floor(kf + 0.5), lo, hi))
         sup, ant = _axes(name, pos)
         crc = _corners(mask, sup, ant)

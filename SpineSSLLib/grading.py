@@ -461,21 +461,34 @@ def _loss_fn(weights):
 
 
 def _augmenter(enabled: bool, net_hw: tuple[int, int]):
-    """The classification augmentation: the pretraining augmentations (``data.PairAugment``:
-    rotation, translation, scaling, intensity, slice-order flip) applied to each disc volume on
-    its own, so the flip is drawn per volume (no pair coupling).  Translations are given in
-    full-size pixels; for discs the full size is 112x224, so the pixel scale is set for that."""
+    """The classification augmentation: the pretraining augmentations (``data.AugmentConfig``;
+    rotation, translation, scaling from ``data.PairAugment.matrices``, intensity, slice-order
+    flip) with every draw made per disc volume, the flip included (no pair coupling).
+    Translations are given in full-size pixels; for discs the full size is 112x224."""
     if not enabled:
         return None
+    import torch
+    from monai.networks.layers import AffineTransform
+
     from .data import AugmentConfig, PairAugment
 
-    aug = PairAugment(AugmentConfig(), net_hw)
-    aug.px = (net_hw[1] / IVD_HW[1], net_hw[0] / IVD_HW[0])  # (columns, rows) relative to 112x224
+    cfg = AugmentConfig()
+    geo = PairAugment(cfg, net_hw)
+    geo.px = (net_hw[1] / IVD_HW[1], net_hw[0] / IVD_HW[0])  # (columns, rows) relative to 112x224
+    tf = AffineTransform(normalized=False, mode="bilinear", padding_mode="zeros", zero_centered=True)
 
     def augment(batch):
         x, y = batch
-        out = aug({"a": x, "b": x[:0]})  # an empty second branch: each volume drawn independently
-        return out["a"], y
+        n = x.shape[0]
+        u = torch.rand(n, 6, dtype=torch.float64)  # global CPU RNG: saved in checkpoints, exact resume
+        flip = (torch.rand(n) < 0.5) if cfg.flip else torch.zeros(n, dtype=torch.bool)
+        xf = x.float().contiguous()
+        theta = torch.as_tensor(geo.matrices(u[:, :5].numpy()), dtype=torch.float32, device=x.device)
+        out = tf(xf, theta)
+        gain = (1 + (2 * u[:, 5] - 1) * cfg.intensity).to(device=x.device, dtype=torch.float32)
+        out = out * gain.view(-1, 1, 1, 1, 1)
+        out = torch.where(flip.to(x.device).view(-1, 1, 1, 1, 1), torch.flip(out, dims=(2,)), out)
+        return out.to(x.dtype), y
 
     return augment
 

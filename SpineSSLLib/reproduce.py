@@ -60,7 +60,7 @@ class ReproduceConfig:
 PRESETS = {
     "small": ReproduceConfig(
         name="small", subjects=120, supervised_subjects=60, model_preset="small",
-        pretrain_args=["--preset", "small", "--epochs", "8"],
+        pretrain_args=["--preset", "small", "--epochs", "10", "--lr", "1e-3", "--patience", "3", "--workers", "0"],
         grade=dict(max_epochs=12, patience=3, max_lr_drops=1, batch_size=32, lr=1e-3),
         supervised_grade=dict(max_epochs=15),
     ),
@@ -104,8 +104,13 @@ class Reproduction:
     """One experiment folder ``out``; ``run()`` does (or finishes) everything."""
 
     def __init__(self, out: str | os.PathLike, config: ReproduceConfig, cohort: str | os.PathLike | None = None,
-                 supervised_cohort: str | os.PathLike | None = None, log=print):
+                 supervised_cohort: str | os.PathLike | None = None, levels: str | None = None,
+                 supervised_levels: str | None = None, log=print):
+        """``levels`` / ``supervised_levels``: the ``spine-ssl extract --levels KIND:FOLDER`` source
+        of a user cohort (synthetic cohorts use their truth files)."""
         self.out = Path(out)
+        self.levels = levels
+        self.supervised_levels = supervised_levels
         self.cfg = config
         self.user_cohort = Path(cohort) if cohort else None
         self.user_supervised = Path(supervised_cohort) if supervised_cohort else None
@@ -175,18 +180,24 @@ class Reproduction:
         if self.user_cohort is None:
             self._stage("synth", (self.raw_cohort / "cohort.json").is_file(),
                         lambda: self._synth(self.raw_cohort, cfg.subjects, cfg.cohort_seed, cfg.synth_args))
-        self._stage("index+extract", (self.work / "volumes.csv").is_file(), lambda: self._index_extract(self.raw_cohort, self.work))
+        self._stage("index+extract", (self.work / "volumes.csv").is_file(),
+                    lambda: self._index_extract(self.raw_cohort, self.work, self.levels))
         if "supervised" in cfg.modes:
             if self.user_supervised is None:
                 self._stage("synth-supervised", (self.sup_raw / "cohort.json").is_file(),
                             lambda: self._synth(self.sup_raw, cfg.supervised_subjects, cfg.cohort_seed + 1000,
                                                 [*cfg.synth_args, "--graded-fraction", "1.0"]))
             self._stage("index+extract-supervised", (self.sup_work / "volumes.csv").is_file(),
-                        lambda: self._index_extract(self.sup_raw, self.sup_work))
+                        lambda: self._index_extract(self.sup_raw, self.sup_work, self.supervised_levels))
 
-    def _index_extract(self, raw: Path, work: Path):
+    def _index_extract(self, raw: Path, work: Path, levels: str | None):
+        if levels is None:
+            if not (raw / "truth").is_dir():
+                raise ConfigError("a cohort without synthetic truth files needs a level source "
+                                  "(--levels KIND:FOLDER, as for `spine-ssl extract`)", raw)
+            levels = f"truth:{raw / 'truth'}"
         self._cli(["-q", "index", raw, "--out", work])
-        self._cli(["-q", "extract", work])
+        self._cli(["-q", "extract", work, "--levels", levels])
 
     def pretrain(self):
         from . import checkpoint as ckpt
@@ -238,7 +249,7 @@ class Reproduction:
 
         return grading.scaled_train_sizes(len(splits.train), self.cfg.paper_sizes)
 
-    def run_grading(self, splits, data_cache: dict | None = None):
+    def run_grading(self, splits, data_cache: dict | None = None, max_new_runs: int | None = None):
         from . import checkpoint as ckpt
         from . import grading
         from .progress import Progress
@@ -249,6 +260,8 @@ class Reproduction:
         class_names = grading.class_names_from(grading.read_ivd_table(self.work))
         cache = {} if data_cache is None else data_cache
         todo = [s for s in specs if not (self.out / "runs" / s.key / "test_metrics.json").is_file()]
+        if max_new_runs is not None:
+            todo = todo[:max_new_runs]
         self.log(f"[reproduce] grading runs: {len(specs) - len(todo)} done, {len(todo)} to do")
         with Progress(len(specs), "grading runs", unit="run") as bar:
             bar.update(len(specs) - len(todo))
@@ -289,7 +302,9 @@ class Reproduction:
         return rows
 
     # --- everything
-    def run(self, command: str = "") -> Path:
+    def run(self, command: str = "", max_new_runs: int | None = None) -> Path:
+        """Do (or finish) everything; ``max_new_runs`` stops after that many new grading runs
+        (the report then says the experiment is incomplete; the same call continues it)."""
         t0 = time.time()
         if command:
             self.state["command"] = command
@@ -302,7 +317,7 @@ class Reproduction:
         cache: dict = {}
         self._stage("baselines", (self.out / "baselines.json").is_file(),
                     lambda: write_json(self.out / "baselines.json", run_baselines(self, splits, cache)))
-        self.run_grading(splits, cache)
+        self.run_grading(splits, cache, max_new_runs)
         self.state.setdefault("session_wall_s", []).append(round(time.time() - t0, 1))
         self._save_state()
         return write_report(self)

@@ -1,8 +1,5 @@
 """Grading model: transfer modes, training through the shared loop, evaluation outputs."""
 
-import csv
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -12,7 +9,20 @@ from SpineSSLLib import grading
 from SpineSSLLib.errors import ConfigError
 from SpineSSLLib.models import ModelConfig, VGGMNet, trunk_state_dict
 
+from grading_helpers import write_contract_cohort as _write_cohort
+
 TINY = dict(width=0.0625, fc6=32, fc7=16, input_scale=0.5)  # same network definition, tiny widths
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread per test process: the suite runs with one worker per core."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def tiny_config():
@@ -31,41 +41,6 @@ def pretrained_dir(tmp_path_factory):
     ckpt.save_checkpoint(d, net, {"task": "pretrain", "model": net.config.to_dict(), "num_classes": 7,
                                   "in_hw": [224, 224]}, epoch=3)
     return d
-
-
-def _write_cohort(root, n_subjects=24, seed=0):
-    """A cohort folder in the extraction contract (volumes.csv + volumes/<scan>.npz) whose disc
-    appearance depends on the grade: the nucleus darkens and the disc thins as the grade rises."""
-    rng = np.random.default_rng(seed)
-    (root / "volumes").mkdir(parents=True)
-    rows = []
-    yy, xx = np.mgrid[0:112, 0:224]
-    for s in range(n_subjects):
-        n_scans = 1 if s % 3 else 2
-        for t in range(n_scans):
-            key = f"scan{s:02d}{t}"
-            ivd = np.zeros((6, 9, 112, 224), np.float16)
-            grades = rng.integers(1, 5, 6)
-            for d in range(6):
-                g = int(grades[d])
-                half_h = 22 - 3 * g
-                disc = (np.abs(yy - 56) < half_h) & (np.abs(xx - 112) < 80)
-                nucleus = (np.abs(yy - 56) < half_h - 3) & (np.abs(xx - 112) < 40)
-                img = np.full((112, 224), 0.5, np.float32)
-                img[disc] = 0.3
-                img[nucleus] = 1.2 - 0.25 * g
-                img += rng.normal(0, 0.05, img.shape).astype(np.float32)
-                ivd[d] = img[None]
-                rows.append({"volume_id": f"{key}_IVD{d}", "scan_key": key, "subject_key": f"subj{s:02d}",
-                             "family": f"fam{s:02d}", "timepoint": t, "interval_days": 0, "field_strength": 1.5,
-                             "level": f"d{d}", "kind": "IVD", "grade": str(g) if d else "",
-                             "file": f"volumes/{key}.npz", "index": d})
-            np.savez_compressed(root / "volumes" / f"{key}.npz", ivd=ivd, ivd_present=np.ones(6, bool))
-    with open(root / "volumes.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,17 @@ from SpineSSLLib.cli import main
 from SpineSSLLib.models import ModelConfig
 
 TINY = dict(width=0.0625, fc6=32, fc7=16, input_scale=0.5)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread per test process: the suite runs with one worker per core."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 CLASSES = ["1", "2", "3", "4"]
 
 

@@ -18,9 +18,15 @@ def add_arguments(parser):
     parser.add_argument("--cohort", help="folder of DICOM scans to use instead of a synthetic cohort")
     parser.add_argument("--supervised-cohort", help="a second, fully graded, disjoint cohort for the "
                         "supervised upper bound (default: a synthetic one)")
+    parser.add_argument("--levels", help="level source of --cohort for `spine-ssl extract` (KIND:FOLDER); "
+                        "synthetic cohorts use their truth files")
+    parser.add_argument("--supervised-levels", help="level source of --supervised-cohort (KIND:FOLDER)")
+    parser.add_argument("--max-runs", type=int, help="stop after this many new grading runs (continue later)")
     parser.add_argument("--subjects", type=int, help="synthetic cohort size (overrides the preset)")
     parser.add_argument("--seeds", type=int, help="number of seeds per size and mode (>= 3 for CIs)")
     parser.add_argument("--modes", help="comma-separated subset of the transfer modes")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--pretrain-epochs", type=int, help="maximum pretraining epochs (overrides the preset)")
     parser.add_argument("--grade-epochs", type=int, help="maximum epochs per grading run (overrides the preset)")
 
 
@@ -45,10 +51,23 @@ def run(args) -> int:
         if bad:
             raise ConfigError(f"unknown mode(s) {', '.join(bad)} (choose from {', '.join(MODES)})")
         over["modes"] = modes
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     cfg = reproduce.preset(args.preset, **over)
+    if args.pretrain_epochs:
+        a = list(cfg.pretrain_args)
+        if "--epochs" in a:
+            a[a.index("--epochs") + 1] = str(args.pretrain_epochs)
+        else:
+            a += ["--epochs", str(args.pretrain_epochs)]
+        cfg.pretrain_args = a
     if args.grade_epochs:
         cfg.grade = {**cfg.grade, "max_epochs": args.grade_epochs}
-    rep = reproduce.Reproduction(args.out, cfg, cohort=args.cohort, supervised_cohort=args.supervised_cohort)
-    report = rep.run(command="spine-ssl " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    rep = reproduce.Reproduction(args.out, cfg, cohort=args.cohort, supervised_cohort=args.supervised_cohort,
+                                 levels=args.levels, supervised_levels=args.supervised_levels)
+    report = rep.run(command="spine-ssl " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+                     max_new_runs=args.max_runs)
     print(f"report: {report}")
     return 0

@@ -1,0 +1,107 @@
+"""The learning-curve runner: plan, resumability, results table, report and Fig. 8."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from SpineSSLLib import reproduce
+from SpineSSLLib.errors import ConfigError
+
+from grading_helpers import write_contract_cohort
+
+TINY = dict(width=0.0625, fc6=32, fc7=16, input_scale=0.5)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread per test process: the suite runs with one worker per core."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_plan_covers_every_combination_smallest_first():
+    p = reproduce.plan([30, 10, 20], ["scratch", "ssl-frozen"], [0, 1, 2])
+    assert len(p) == 18 and len({s.key for s in p}) == 18
+    assert [s.size for s in p] == sorted(s.size for s in p)
+
+
+def test_summary_and_ordering_check():
+    rows = []
+    accs = {"supervised": 0.8, "ssl-frozen": 0.7, "scratch": 0.6, "frozen-random": 0.4}
+    for mode, a in accs.items():
+        for seed, d in enumerate((-0.01, 0.0, 0.01)):
+            rows.append({"size_subjects": 10, "mode": mode, "seed": seed, "train_scans": 14,
+                         "average_class_accuracy": a + d, "kappa_linear": 0.5, "wall_s": 1.0})
+    s = reproduce.summarise(rows)
+    by = {r["mode"]: r for r in s}
+    assert by["scratch"]["aca_mean"] == pytest.approx(0.6)
+    assert by["scratch"]["aca_ci95"] == pytest.approx(4.302653 * 0.01 / np.sqrt(3), rel=1e-4)
+    holds, txt = reproduce.ordering_check(s)
+    assert holds and "holds" in txt
+    for r in rows:
+        if r["mode"] == "scratch":
+            r["average_class_accuracy"] = 0.75
+    holds, txt = reproduce.ordering_check(reproduce.summarise(rows))
+    assert holds is False and "does NOT hold" in txt
+
+
+def test_runner_resumes_and_reports(tmp_path):
+    out = tmp_path / "exp"
+    write_contract_cohort(out / "work", n_subjects=16)  # an extracted cohort: index/extract are skipped
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    cfg = reproduce.preset("small", modes=("frozen-random", "scratch"), seeds=(0,),
+                           grade=dict(max_epochs=1, batch_size=16, model_overrides=TINY, augment=False,
+                                      device="cpu"))
+    rep = reproduce.Reproduction(out, cfg, cohort=raw, log=lambda *a: None)
+    rep.run(command="spine-ssl reproduce --test", max_new_runs=2)  # "interrupted" after 2 runs
+    with open(out / "results.csv") as f:
+        first = list(csv.DictReader(f))
+    assert len(first) == 2
+    report = (out / "report.md").read_text()
+    assert "Incomplete" in report and "2 of 6" in report
+    stamp = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/test_metrics.json")}
+
+    # continue with the same command: finished runs are not redone
+    rep2 = reproduce.Reproduction(out, cfg, cohort=raw, log=lambda *a: None)
+    rep2.run()
+    for p, t in stamp.items():
+        assert p.stat().st_mtime_ns == t
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6
+    splits = json.loads((out / "grading_splits.json").read_text())
+    sizes = sorted({int(r["size_subjects"]) for r in rows})
+    assert sizes[-1] == len(splits["train"]) and len(sizes) == 3
+    for r in rows:
+        assert 0.0 <= float(r["average_class_accuracy"]) <= 1.0
+    report = (out / "report.md").read_text()
+    assert "Incomplete" not in report and "spine-ssl reproduce --test" in report
+    assert "hand-feature logistic regression" in report and "Majority-class" in report
+    assert (out / "fig8.png").read_bytes()[:4] == b"\x89PNG"
+    base = json.loads((out / "baselines.json").read_text())
+    assert set(base["grading_logreg"]) == {str(n) for n in sizes}
+    # the hand features see the grade-dependent nucleus brightness of this data: well above chance
+    assert base["grading_logreg"][str(sizes[-1])]["average_class_accuracy"] > 0.5
+
+    # another configuration in the same folder is refused
+    with pytest.raises(ConfigError):
+        reproduce.Reproduction(out, reproduce.preset("small"), cohort=raw)
+
+
+def test_hand_features_track_nucleus_and_height(tmp_path):
+    from SpineSSLLib import grading
+
+    write_contract_cohort(tmp_path / "c", n_subjects=4)
+    recs = [r for r in grading.read_ivd_table(tmp_path / "c") if r.grade]
+    f = reproduce.disc_hand_features(grading.load_ivd_arrays(tmp_path / "c", recs))
+    g = np.array([int(r.grade) for r in recs])
+    assert np.corrcoef(f[:, 0], g)[0, 1] < -0.9  # nucleus darkens with grade
+    assert np.corrcoef(f[:, 1], g)[0, 1] < -0.8  # disc thins with grade

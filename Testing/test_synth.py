@@ -275,3 +275,26 @@ def test_rendering_statistics_are_pinned(tiny):
     for key, (nuc, cv) in PINNED_IMAGE_STATS.items():
         np.testing.assert_allclose(seen[key][0], nuc, rtol=0.02, err_msg=key)
         assert seen[key][1] == pytest.approx(cv, rel=0.02), key
+
+
+def test_sigterm_mid_run_leaves_nothing_behind(tmp_path):
+    import signal
+    import time
+
+    exe = Path(sys.executable).parent / "spine-ssl"
+    out = tmp_path / "killed"
+    p = subprocess.Popen([str(exe), "-q", "synth", str(out), "--preset", "tiny", "--workers", "1"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not list(tmp_path.glob(".killed.partial-*/truth/*.json")):
+            time.sleep(0.05)
+        assert list(tmp_path.glob(".killed.partial-*")), "generation did not start"
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode != 0
+    assert list(tmp_path.iterdir()) == []  # neither OUT nor the partial folder

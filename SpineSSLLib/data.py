@@ -456,50 +456,53 @@ class AugmentConfig:
 
 
 class PairAugment:
-    """Random augmentation of a batch of pairs on the batch's device (MONAI ``Affine`` resampling;
-    parameters drawn from torch's global RNG so checkpoints can resume exactly).  Each volume gets
-    its own rotation/translation/scale/intensity; the slice-wise flip is drawn once per pair."""
+    """Random augmentation of a batch of pairs on the batch's device: one batched MONAI
+    ``AffineTransform`` resampling (matrices from MONAI's ``create_rotate/translate/scale``), then
+    intensity and the slice-wise flip.  Parameters come from torch's global CPU RNG, so checkpoints
+    resume exactly.  Each volume gets its own rotation/translation/scale/intensity; the flip is
+    drawn once per pair and applied to both volumes."""
 
     def __init__(self, config: AugmentConfig, hw: tuple[int, int]):
         self.config, self.hw = config, tuple(hw)
         self.px = hw[1] / VB_SHAPE[2], hw[0] / VB_SHAPE[1]
+        self._tf = None
 
-    def _one(self, vol, params):
-        from monai.transforms import Affine
+    def matrices(self, u) -> "np.ndarray":
+        """(N, 4, 4) voxel-space affines (zero-centred) from uniform numbers ``u`` (N, 5)."""
+        from monai.transforms.utils import create_rotate, create_scale, create_translate
 
-        rot, tz, ty, tx, s, gain = params
-        aff = Affine(rotate_params=(rot, 0.0, 0.0), translate_params=(tz, ty, tx), scale_params=(1.0, s, s),
-                     padding_mode="zeros", mode="bilinear", image_only=True, device=vol.device)
-        out = aff(vol)
-        out = out.as_tensor() if hasattr(out, "as_tensor") else out
-        return out * gain
+        c = self.config
+        out = []
+        for p in np.asarray(u, dtype=np.float64):
+            rot = (2 * p[0] - 1) * math.radians(c.rotate_deg)
+            t = ((2 * p[1] - 1) * c.translate_z, (2 * p[2] - 1) * c.translate_y * self.px[1],
+                 (2 * p[3] - 1) * c.translate_x * self.px[0])
+            sc = c.scale[0] + p[4] * (c.scale[1] - c.scale[0])
+            out.append(create_translate(3, t) @ create_rotate(3, (rot, 0.0, 0.0)) @ create_scale(3, (1.0, sc, sc)))
+        return np.stack(out)
 
     def __call__(self, batch: dict) -> dict:
         import torch
+        from monai.networks.layers import AffineTransform
 
         c = self.config
         if not c.enabled:
             return batch
         a, b = batch["a"], batch["b"]
         n = a.shape[0]
-        u = torch.rand(2 * n, 6)       # CPU generator: part of the saved RNG state
-        flip = torch.rand(n) < 0.5 if c.flip else torch.zeros(n, dtype=torch.bool)
-        outs = []
-        for k, vol in enumerate(torch.cat([a, b], 0)):
-            p = u[k]
-            params = (float((2 * p[0] - 1) * math.radians(c.rotate_deg)),
-                      float((2 * p[1] - 1) * c.translate_z),
-                      float((2 * p[2] - 1) * c.translate_y * self.px[1]),
-                      float((2 * p[3] - 1) * c.translate_x * self.px[0]),
-                      float(c.scale[0] + p[4] * (c.scale[1] - c.scale[0])),
-                      float(1 + (2 * p[5] - 1) * c.intensity))
-            v = self._one(vol.float(), params)
-            if flip[k % n]:
-                v = torch.flip(v, dims=(1,))
-            outs.append(v.to(vol.dtype))
-        out = torch.stack(outs, 0)
+        u = torch.rand(2 * n, 6, dtype=torch.float64)      # CPU generator: part of the saved RNG state
+        flip = (torch.rand(n) < 0.5) if c.flip else torch.zeros(n, dtype=torch.bool)
+        if self._tf is None:
+            self._tf = AffineTransform(normalized=False, mode="bilinear", padding_mode="zeros", zero_centered=True)
+        x = torch.cat([a, b], 0).float().contiguous()
+        theta = torch.as_tensor(self.matrices(u[:, :5].numpy()), dtype=torch.float32, device=x.device)
+        y = self._tf(x, theta)
+        gain = (1 + (2 * u[:, 5] - 1) * c.intensity).to(device=x.device, dtype=torch.float32)
+        y = y * gain.view(-1, 1, 1, 1, 1)
+        f2 = torch.cat([flip, flip]).to(x.device).view(-1, 1, 1, 1, 1)
+        y = torch.where(f2, torch.flip(y, dims=(2,)), y).to(a.dtype)
         batch = dict(batch)
-        batch["a"], batch["b"] = out[:n].contiguous(memory_format=_fmt(a)), out[n:].contiguous(memory_format=_fmt(b))
+        batch["a"], batch["b"] = y[:n].contiguous(memory_format=_fmt(a)), y[n:].contiguous(memory_format=_fmt(b))
         return batch
 
 

@@ -33,7 +33,7 @@ DEPTH = 9
 
 PRESETS = {
     "paper": dict(width=1.0, fc6=4096, fc7=1024, input_scale=1.0),
-    "small": dict(width=0.25, fc6=512, fc7=256, input_scale=0.5),
+    "small": dict(width=0.125, fc6=256, fc7=128, input_scale=0.5),
 }
 
 
@@ -151,6 +151,21 @@ class VGGMNet(nn.Module):
         self.fc8 = nn.Linear(config.fc7, self.num_classes)
         self.drop = nn.Dropout(config.dropout)
         self.aux = nn.ModuleDict({k: nn.Linear(config.fc7, int(n)) for k, n in config.aux_heads.items()})
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """He initialisation (ReLU gain) so activations keep their scale through the 7 layers
+        before fc7; PyTorch's default shrinks them and the contrastive loss then starts from
+        collapsed embeddings."""
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Conv3d)):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+        for head in [self.fc8, *self.aux.values()]:
+            nn.init.normal_(head.weight, std=0.01)
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 5 or x.shape[1] != 1 or x.shape[2] != DEPTH:

@@ -1,5 +1,7 @@
 """Grading model: transfer modes, training through the shared loop, evaluation outputs."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -114,3 +116,25 @@ def test_classification_augmentation_is_per_volume():
     out, _ = aug((same, y))
     assert not torch.allclose(out[0], out[1])
     assert grading._augmenter(False, (56, 112)) is None
+
+
+def test_grade_train_cli(tmp_path, cohort, pretrained_dir, capsys):
+    from SpineSSLLib.cli import main
+    from SpineSSLLib.data import Splits, write_splits
+
+    # the pretraining split file found beside the checkpoint keeps its train subjects out of test
+    subjects = sorted({r.subject_key for r in grading.read_ivd_table(cohort)})
+    write_splits(pretrained_dir.parent / "splits.json",
+                 Splits(0, (0.8, 0.1, 0.1), {"train": subjects[:8], "val": [], "test": subjects[8:]}))
+    out = tmp_path / "g"
+    rc = main(["-q", "grade-train", str(cohort), "--out", str(out), "--mode", "ssl-frozen", "--pretrained",
+               str(pretrained_dir), "--epochs", "1", "--batch-size", "16", "--no-augment", "--device", "cpu"])
+    assert rc == 0
+    assert '"average_class_accuracy"' in capsys.readouterr().out
+    sp = json.loads((out / "splits.json").read_text())
+    assert sp["test"] and not set(sp["test"]) & set(subjects[:8])
+    m = json.loads((out / "test_metrics.json").read_text())
+    assert m["mode"] == "ssl-frozen" and 0 <= m["test"]["average_class_accuracy"] <= 1
+    assert (out / "confusion.png").is_file() and (out / "best" / "checkpoint.json").is_file()
+    # bad input: an ssl mode without weights is a one-line usage error
+    assert main(["grade-train", str(cohort), "--out", str(tmp_path / "x"), "--mode", "ssl-frozen"]) == 2

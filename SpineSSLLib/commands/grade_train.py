@@ -42,6 +42,15 @@ def _default_pretrain_splits(pretrained):
     if not pretrained:
         return None
     p = Path(pretrained)
+    try:  # pretraining checkpoints record where their splits file is
+        from ..grading import resolve_checkpoint_dir
+        from .. import checkpoint as ckpt
+
+        rec = (ckpt.read_meta(resolve_checkpoint_dir(p)).get("config") or {}).get("splits")
+        if rec and Path(rec).is_file():
+            return Path(rec)
+    except Exception:  # noqa: BLE001 - a missing/odd record falls back to looking beside it
+        pass
     for cand in (p / "splits.json", p.parent / "splits.json", p.parent.parent / "splits.json"):
         if cand.is_file():
             return cand

@@ -18,4 +18,10 @@ echo "Extraction QC picture: $(ls "$OUT"/C/qc/*.png | head -n 1)"
 spine-ssl -q synth "$OUT/slicer-subject" --preset tiny --subjects 1 --seed 3 --overwrite
 python SpineSSL/Scripts/SpineSSLBatch.py --cohort "$OUT/slicer-subject" --out "$OUT/slicer-batch" --save-volume
 python SpineSSL/Scripts/SpineSSLFigures.py "$OUT/slicer-batch" --out "$OUT/images"
+# Disc-degeneration grading (docs/grading.md): transfer the pretrained conv weights (ssl-frozen) when a
+# pretraining ran above, else train from scratch; then grade one extracted scan (JSON + CSV, with TTA).
+if [ -f "$OUT/pretrain/best/checkpoint.json" ]; then GRADE_INIT=(--mode ssl-frozen --pretrained "$OUT/pretrain/best");
+else GRADE_INIT=(--mode scratch --preset small); fi
+spine-ssl -q grade-train "$OUT/C" --out "$OUT/grading" "${GRADE_INIT[@]}" --epochs 5 --batch-size 32
+spine-ssl -q grade "$OUT/grading" --volumes "$(ls "$OUT"/C/volumes/*.npz | head -n 1)" --out "$OUT/grades" --no-tta
 echo "Demo outputs in $OUT"

@@ -86,6 +86,9 @@ def input_pipeline(cohort, rows, net_hw, batch: int, workers: int, max_batches: 
     loader = DataLoader(D.PairDataset(rows, cache), sampler=sampler, batch_size=batch, num_workers=workers,
                         persistent_workers=False)
     aug = D.PairAugment(D.AugmentConfig(), net_hw) if augment else None
+    if aug is not None:  # warm-up: MONAI imports and first-call set-up are not throughput
+        x = torch.zeros(1, 1, 9, *net_hw)
+        aug({"a": x, "b": x})
     n, t0 = 0, time.perf_counter()
     for i, bt in enumerate(loader):
         if aug is not None:

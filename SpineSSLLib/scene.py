@@ -205,21 +205,14 @@ def load_volume(scene, path, name: str | None = None):
     slicer = _slicer()
     files = _volume_files(path)
     storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
-    scene.AddNode(storage)
     storage.SetFileName(str(files[0]))
     if len(files) > 1:
         storage.ResetFileNameList()
         for f in files:
             storage.AddFileName(str(f))
         storage.SetSingleFile(0)
-    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name or _stem(files[0]))
-    if not storage.ReadData(node) or node.GetImageData() is None:
-        scene.RemoveNode(node)
-        scene.RemoveNode(storage)
-        raise InputError("cannot be read as an image volume", path)
-    node.SetAndObserveStorageNodeID(storage.GetID())
-    node.CreateDefaultDisplayNodes()
-    return node
+    return _read(scene, "vtkMRMLScalarVolumeNode", storage, path, name or _stem(files[0]), "image volume",
+                 check=lambda n: n.GetImageData() is not None)
 
 
 def _volume_files(path) -> list[Path]:
@@ -241,14 +234,40 @@ def _volume_files(path) -> list[Path]:
 
 def save_volume(node, path) -> Path:
     """Write a volume node (``.nrrd``, ``.nii.gz``, ``.mha``) atomically."""
-    slicer = _slicer()
-    path = Path(path)
-    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage = _slicer().vtkMRMLVolumeArchetypeStorageNode()
     storage.SetUseCompression(1)
+    return _write(storage, node, path, "volume")
+
+
+def _write(storage, node, path, what: str) -> Path:
+    """Write ``node`` with a Slicer storage node to a temporary file renamed onto ``path``."""
+    path = Path(path)
     with atomic_path(path) as tmp:
         storage.SetFileName(str(tmp))
         if not storage.WriteData(node):
-            raise InputError("could not write volume", path)
+            raise InputError(f"could not write {what}", path)
+    return path
+
+
+def _read(scene, node_class: str, storage, path, name: str, what: str, check=None):
+    """Read a file into a new node with a configured Slicer storage node (nothing left in the
+    scene when it fails)."""
+    scene.AddNode(storage)
+    node = scene.AddNewNodeByClass(node_class, name)
+    if not storage.ReadData(node) or (check is not None and not check(node)):
+        scene.RemoveNode(node)
+        scene.RemoveNode(storage)
+        raise InputError(f"not a readable {what}", path)
+    node.SetAndObserveStorageNodeID(storage.GetID())
+    if hasattr(node, "GetDisplayNode") and node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
+    return node
+
+
+def _existing_file(path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("file not found", path)
     return path
 
 
@@ -382,34 +401,15 @@ def levels_from_label_node(label_node, volume_node, mapping="synthetic") -> Leve
 
 def save_markups(node, path) -> Path:
     """Write a markups node as ``.mrk.json`` (Slicer's markups schema, LPS on disk) atomically."""
-    slicer = _slicer()
-    path = Path(path)
-    storage = slicer.vtkMRMLMarkupsJsonStorageNode()
-    with atomic_path(path) as tmp:
-        storage.SetFileName(str(tmp))
-        if not storage.WriteData(node):
-            raise InputError("could not write markups", path)
-    return path
+    return _write(_slicer().vtkMRMLMarkupsJsonStorageNode(), node, path, "markups")
 
 
 def load_markups(scene, path, name: str | None = None):
-    slicer = _slicer()
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("file not found", path)
+    path = _existing_file(path)
     _ensure_selection_node(scene)
-    node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name or _stem(path))
-    storage = slicer.vtkMRMLMarkupsJsonStorageNode()
-    scene.AddNode(storage)
+    storage = _slicer().vtkMRMLMarkupsJsonStorageNode()
     storage.SetFileName(str(path))
-    if not storage.ReadData(node):
-        scene.RemoveNode(node)
-        scene.RemoveNode(storage)
-        raise InputError("not a readable Slicer markups file", path)
-    node.SetAndObserveStorageNodeID(storage.GetID())
-    if node.GetDisplayNode() is None:
-        node.CreateDefaultDisplayNodes()
-    return node
+    return _read(scene, "vtkMRMLMarkupsFiducialNode", storage, path, name or _stem(path), "Slicer markups file")
 
 
 @contextlib.contextmanager
@@ -584,23 +584,13 @@ def save_table(node, path) -> Path:
 
 
 def load_table(scene, path, name: str | None = None):
-    slicer = _slicer()
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("file not found", path)
-    node = scene.AddNewNodeByClass("vtkMRMLTableNode", name or _stem(path))
-    storage = slicer.vtkMRMLTableStorageNode()
-    scene.AddNode(storage)
+    path = _existing_file(path)
+    storage = _slicer().vtkMRMLTableStorageNode()
     storage.SetFileName(str(path))
     schema = path.with_name(_stem(path) + ".schema.csv")
     if schema.is_file():
         storage.SetSchemaFileName(str(schema))
-    if not storage.ReadData(node):
-        scene.RemoveNode(node)
-        scene.RemoveNode(storage)
-        raise InputError("not a readable table", path)
-    node.SetAndObserveStorageNodeID(storage.GetID())
-    return node
+    return _read(scene, "vtkMRMLTableNode", storage, path, name or _stem(path), "table")
 
 
 # --------------------------------------------------------------------------------------------
@@ -828,34 +818,15 @@ def segment_centroids(segmentation_node) -> dict[str, np.ndarray]:
 
 def save_segmentation(node, path) -> Path:
     """Write a segmentation node as ``.seg.nrrd`` (names, colours, terminology tags kept)."""
-    slicer = _slicer()
-    path = Path(path)
-    storage = slicer.vtkMRMLSegmentationStorageNode()
-    with atomic_path(path) as tmp:
-        storage.SetFileName(str(tmp))
-        if not storage.WriteData(node):
-            raise InputError("could not write segmentation", path)
-    return path
+    return _write(_slicer().vtkMRMLSegmentationStorageNode(), node, path, "segmentation")
 
 
 def load_segmentation(scene, path, name: str | None = None):
-    slicer = _slicer()
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("file not found", path)
+    path = _existing_file(path)
     register_segmentation_converters()
-    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name or _stem(path))
-    storage = slicer.vtkMRMLSegmentationStorageNode()
-    scene.AddNode(storage)
+    storage = _slicer().vtkMRMLSegmentationStorageNode()
     storage.SetFileName(str(path))
-    if not storage.ReadData(node):
-        scene.RemoveNode(node)
-        scene.RemoveNode(storage)
-        raise InputError("not a readable segmentation", path)
-    node.SetAndObserveStorageNodeID(storage.GetID())
-    if node.GetDisplayNode() is None:
-        node.CreateDefaultDisplayNodes()
-    return node
+    return _read(scene, "vtkMRMLSegmentationNode", storage, path, name or _stem(path), "segmentation")
 
 
 def segment_info(node) -> list[dict]:

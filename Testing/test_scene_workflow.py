@@ -25,7 +25,7 @@ SPIDER_VB_LABEL = {"T12": 6, "L1": 5, "L2": 4, "L3": 3, "L4": 2, "L5": 1}
 def subject(tmp_path_factory):
     """One synthetic subject with two visits, written as DICOM by `spine-ssl synth`."""
     root = tmp_path_factory.mktemp("synth") / "cohort"
-    assert cli(["-q", "synth", str(root), "--preset", "tiny", "--subjects", "1", "--seed", "3"]) == 0
+    assert cli(["-q", "synth", str(root), "--preset", "tiny", "--subjects", "1", "--seed", "3", "--workers", "1"]) == 0
     truths = sorted((root / "truth").glob("*.json"))
     scans = []
     for t in truths:

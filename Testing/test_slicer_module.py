@@ -41,7 +41,8 @@ def synth_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("batch") / "cohort"
     env = dict(os.environ, SPINESSL_PROGRESS="lines")
     out = subprocess.run([sys.executable, "-m", "SpineSSLLib", "synth", str(root), "--preset", "tiny",
-                          "--subjects", "1", "--seed", "5"], capture_output=True, text=True, env=env, cwd=REPO)
+                          "--subjects", "1", "--seed", "5", "--workers", "1"],
+                         capture_output=True, text=True, env=env, cwd=REPO)
     assert out.returncode == 0, out.stderr
     return root, out.stdout
 

@@ -716,7 +716,13 @@ def run_extraction(cohort_dir, levels: LevelSource, config: ExtractConfig | None
                 results.append(_process(job))
                 bar.update(1)
         else:
-            ctx = mp.get_context("spawn")
+            if "forkserver" in mp.get_all_start_methods():
+                # workers fork from a server that imported torch once and never ran a torch op
+                # (fork-safe for OpenMP and CUDA), instead of each spawned worker importing it
+                ctx = mp.get_context("forkserver")
+                ctx.set_forkserver_preload(["SpineSSLLib.extract", "SpineSSLLib.io", "torch", "pydicom"])
+            else:
+                ctx = mp.get_context("spawn")
             with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
                 futs = [pool.submit(_process, j) for j in jobs]
                 try:

@@ -20,7 +20,6 @@ Files: ``<stem>.mrk.json``, ``<stem>.seg.nrrd``, ``<stem>.csv`` (+ ``.schema.csv
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -32,7 +31,7 @@ from . import atomic
 from .atomic import atomic_path
 from .errors import GeometryError, InputError, LevelsError
 from .io import Scan
-from .levels import Level, LevelSet
+from .levels import LevelSet
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 """4x4 homogeneous LPS <-> RAS conversion (its own inverse)."""

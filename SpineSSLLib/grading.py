@@ -558,7 +558,7 @@ def train_grading(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg
     from .atomic import write_csv, write_json
     from .metrics import classification_report, save_confusion_png
     from .models import ModelConfig
-    from .train import fit, make_loader, select_device
+    from .train import dist_info, fit, make_loader, select_device
 
     out = Path(out_dir)
     records = read_ivd_table(cohort_dir)
@@ -567,7 +567,9 @@ def train_grading(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg
     if splits is None:
         pre = read_pretrain_splits(pretrain_splits) if pretrain_splits else {}
         splits = make_grading_splits(records, pre, seed=0)
-    write_json(out / "splits.json", splits.to_dict())
+    is_main = dist_info().is_main  # under torchrun only rank 0 writes
+    if is_main:
+        write_json(out / "splits.json", splits.to_dict())
     if train_subjects is None:
         train_subjects = splits.train
     elif not set(train_subjects) <= set(splits.train):
@@ -616,6 +618,8 @@ def train_grading(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg
     resume = resume and ckpt.exists(out / "last")
     res = fit(model, _loss_fn(w), train_loader, val_loader, tcfg, out, checkpoint_config=ck_config,
               resume=resume, augment=_augmenter(cfg.augment, net_hw), device=device)
+    if not is_main:  # rank 0 evaluates and writes; other ranks are done
+        return {"mode": cfg.mode, "seed": cfg.seed, "rank": dist_info().rank}
     best = out / "best" if ckpt.exists(out / "best") else out / "last"
     ckpt.load_checkpoint(best, model)
     model.to(device)

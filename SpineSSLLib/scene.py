@@ -337,8 +337,10 @@ def levels_from_markups(node) -> LevelSet:
     where = f"markups {node.GetName()!r}"
     if node.GetParentTransformNode() is not None:
         raise LevelsError("the points are under a transform; harden the transform first", where)
-    with _private_dir(Path(_temp_root())) as d:
-        path = save_markups(node, d / "levels.mrk.json")
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="spinessl-markups-") as d:
+        path = save_markups(node, Path(d) / "levels.mrk.json")
         try:
             result = levels_mod.from_markups(path)
         except LevelsError as e:
@@ -346,12 +348,6 @@ def levels_from_markups(node) -> LevelSet:
     if not len(result):
         raise LevelsError("no placed points labelled T12..S1", where)
     return result.replace(source=f"markups:{node.GetName()}")
-
-
-def _temp_root() -> str:
-    import tempfile
-
-    return tempfile.gettempdir()
 
 
 def levels_from_label_node(label_node, volume_node, mapping="synthetic") -> LevelSet:

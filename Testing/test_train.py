@@ -190,3 +190,45 @@ def test_pretrain_rejects_cohort_without_followups(tmp_path, capsys):
                "--epochs", "1", "--workers", "0"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "no positive pairs" in err[0]
+
+
+def _ddp_worker(rank, world, port, root):
+    import os
+
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    import torch.distributed as dist
+
+    from SpineSSLLib import progress as P
+
+    torch.set_num_threads(1)
+    P.set_enabled(False)
+    ds = _task(n=8, seed=3)
+    loader = T.make_loader(ds, 2, shuffle=True)          # DistributedSampler: 4 samples per rank
+    model = _model()
+    T.fit(model, _loss, loader, None, T.TrainConfig(lr=0.01, max_epochs=2, device="cpu"), root / "out",
+          checkpoint_config={"task": "ddp"})
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(root / f"rank{rank}.safetensors"))
+    dist.destroy_process_group()
+
+
+def test_ddp_two_processes_gloo(tmp_path):
+    """torchrun-style DDP on CPU (gloo): ranks end with identical weights, only rank 0 writes."""
+    import socket
+
+    import torch.multiprocessing as mp
+    from safetensors.torch import load_file
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, tmp_path), nprocs=2, join=True)
+    a, b = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = list(csv.DictReader(open(tmp_path / "out" / "log.csv")))
+    assert len(rows) == 2
+    assert json.loads((tmp_path / "out" / "fit.json").read_text())["world_size"] == 2
+    untrained = _model().state_dict()
+    assert any(not torch.equal(untrained[k], a[k]) for k in a)

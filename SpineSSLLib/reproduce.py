@@ -208,6 +208,10 @@ class Reproduction:
 
         self._stage("pretrain", ckpt.exists(self.pretrain_dir / "best") and
                     (self.pretrain_dir / "fit.json").is_file(), go)
+        # the paper's §4.1 figures on the pretraining test split (same/different AUC, level accuracy)
+        self._stage("eval-pairs", (self.pretrain_dir / "eval_test" / "report.json").is_file(),
+                    lambda: self._cli(["-q", "eval-pairs", self.pretrain_dir, self.work, "--out",
+                                       self.pretrain_dir / "eval_test", "--split", "test"]))
 
     def train_supervised(self):
         """The supervised source: a grading network trained from scratch on the second cohort."""
@@ -581,6 +585,9 @@ def write_report(rep: Reproduction) -> Path:
     L += [f"Cohort: `{rep.raw_cohort.name}`; grading subjects train / val / test = "
           f"{len(splits.get('train', []))} / {len(splits.get('val', []))} / {len(splits.get('test', []))}; "
           f"modes {', '.join(rep.cfg.modes)}; seeds {', '.join(map(str, rep.cfg.seeds))}.", ""]
+    L += [f"Configuration: pretraining `{' '.join(map(str, rep.cfg.pretrain_args))}`; grading "
+          f"`{json.dumps(rep.cfg.grade, sort_keys=True)}`; supervised source `{json.dumps(rep.cfg.supervised_grade)}`; "
+          f"machine: {_machine()}.", ""]
     for note in splits.get("notes", []):
         L.append(f"- split note: {note}")
     L += ["## Test average class accuracy (mean ± 95 % CI over seeds)", "",
@@ -618,14 +625,33 @@ def write_report(rep: Reproduction) -> Path:
     return out / "report.md"
 
 
+def _machine() -> str:
+    import platform
+
+    try:
+        import torch
+
+        dev = f"CUDA {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else \
+            f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+    except ImportError:  # pragma: no cover
+        dev = "?"
+    cpu = platform.processor() or platform.machine()
+    try:
+        load = ", load average %.1f" % os.getloadavg()[0]
+    except OSError:
+        load = ""
+    return f"{dev}, {cpu}{load}"
+
+
 def _pretrain_metrics(rep: Reproduction) -> str:
-    for name in ("eval.json", "eval_pairs.json", "report.json"):
-        p = rep.pretrain_dir / name
-        if p.is_file():
-            d = json.loads(p.read_text())
-            keys = {k: d[k] for k in ("auc", "level_accuracy") if k in d}
-            if keys:
-                return ", ".join(f"{k} {_fmt(v)}" for k, v in keys.items())
+    p = rep.pretrain_dir / "eval_test" / "report.json"
+    if p.is_file():
+        d = json.loads(p.read_text())
+        fit = json.loads((rep.pretrain_dir / "fit.json").read_text()) if (rep.pretrain_dir / "fit.json").is_file() else {}
+        return (f"Pretraining test split (`spine-ssl eval-pairs`): same/different-subject AUC of the fc7 distance "
+                f"{_fmt(d.get('auc'))} (paper 0.946), VB level accuracy {_fmt(d.get('level_accuracy'))} (paper 0.978); "
+                f"{d.get('n_positive_pairs')} positive / {d.get('n_negative_pairs')} negative pairs. Training stopped: {fit.get('stop_reason')} "
+                f"after epoch {fit.get('last_epoch')}. Compare with the raw-pixel AUC below.")
     p = rep.pretrain_dir / "fit.json"
     if p.is_file():
         d = json.loads(p.read_text())

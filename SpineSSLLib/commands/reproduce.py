@@ -21,6 +21,8 @@ def add_arguments(parser):
     parser.add_argument("--levels", help="level source of --cohort for `spine-ssl extract` (KIND:FOLDER); "
                         "synthetic cohorts use their truth files")
     parser.add_argument("--supervised-levels", help="level source of --supervised-cohort (KIND:FOLDER)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="only (re)write report.md and fig8.png from the runs finished so far")
     parser.add_argument("--max-runs", type=int, help="stop after this many new grading runs (continue later)")
     parser.add_argument("--subjects", type=int, help="synthetic cohort size (overrides the preset)")
     parser.add_argument("--seeds", type=int, help="number of seeds per size and mode (>= 3 for CIs)")
@@ -67,6 +69,11 @@ def run(args) -> int:
         cfg.grade = {**cfg.grade, "max_epochs": args.grade_epochs}
     rep = reproduce.Reproduction(args.out, cfg, cohort=args.cohort, supervised_cohort=args.supervised_cohort,
                                  levels=args.levels, supervised_levels=args.supervised_levels)
+    if args.report_only:
+        from ..reproduce import write_report
+
+        print(f"report: {write_report(rep)}")
+        return 0
     report = rep.run(command="spine-ssl " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
                      max_new_runs=args.max_runs)
     print(f"report: {report}")

@@ -215,20 +215,30 @@ def load_volume(scene, path, name: str | None = None):
 
 
 def _volume_files(path) -> list[Path]:
+    """The file(s) to read: a DICOM folder gives its series' files in slice-position order (GDCM's
+    sorter, as Slicer's DICOM module does), never in file-name order."""
     if isinstance(path, (list, tuple)):
         files = [Path(p) for p in path]
     else:
         p = Path(path)
-        if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
-        else:
-            files = [p]
+        files = _dicom_series_files(p) if p.is_dir() else [p]
     if not files:
         raise InputError("no image files", path)
     for f in files:
         if not f.is_file():
             raise InputError("file not found", f)
     return files
+
+
+def _dicom_series_files(folder: Path) -> list[Path]:
+    import SimpleITK as sitk
+
+    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not series:
+        raise InputError("no DICOM image series in this folder", folder)
+    if len(series) > 1:
+        raise InputError(f"{len(series)} DICOM series in this folder; give one series' folder", folder)
+    return [Path(f) for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])]
 
 
 def save_volume(node, path) -> Path:

@@ -237,3 +237,18 @@ def test_a_level_placed_twice_is_skipped_and_reported():
     levels = S.levels_from_markups(node)
     assert levels.names == ["L5"]
     assert any(issue.startswith("L4: duplicate") for issue in levels.issues)
+
+
+def test_dicom_folder_is_read_in_slice_position_order_not_file_name_order(dicom_scan, tmp_path):
+    scan, _ = dicom_scan
+    K = scan.array.shape[0]
+    names = [f"IMG{(7 * k) % K:04d}" for k in range(K)]  # names scrambled relative to positions
+    write_series(tmp_path / "scrambled", scan.array.astype(np.uint16), scan.affine, {"Modality": "MR"},
+                 file_names=names)
+    node = S.load_volume(slicer.vtkMRMLScene(), tmp_path / "scrambled")
+    assert_same_image(scan, S.scan_from_volume_node(node))
+    # a folder holding two series is refused with the folder named
+    write_series(tmp_path / "scrambled", scan.array.astype(np.uint16)[::-1].copy(), scan.affine,
+                 {"Modality": "MR"}, file_names=[f"other{k}" for k in range(K)])
+    with pytest.raises(InputError, match="2 DICOM series.*scrambled|scrambled.*2 DICOM series"):
+        S.load_volume(slicer.vtkMRMLScene(), tmp_path / "scrambled")

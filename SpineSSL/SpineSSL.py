@@ -190,6 +190,7 @@ class SpineSSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event):
         self.setParameterNode(None)
+        self.logic.clearResults()
 
     def onSceneEndClose(self, caller, event):
         if self.parent.isEntered:
@@ -367,6 +368,10 @@ class SpineSSLLogic(ScriptedLoadableModuleLogic):
 
     def getParameterNode(self):
         return SpineSSLParameterNode(super().getParameterNode())
+
+    def clearResults(self):
+        """Forget extractions (node IDs are reused after the scene is closed)."""
+        self._extracted.clear()
 
     @staticmethod
     def backendVersion():

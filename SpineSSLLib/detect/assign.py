@@ -50,6 +50,7 @@ class AssignConfig:
     extra_above: int = 2  # labels allowed above T12 (T11, T10)
     extra_below: int = 2  # labels allowed below S1 (S2, S3)
     outside_penalty: float = 1.2  # extra log-cost of an outside-the-set label (prefers T12..S1 when unsure)
+    evidence_weight: float = 0.4  # weight of the level evidence against chain geometry / detections
     evidence_radius_px: int = 1  # level evidence = max of the level map in this neighbourhood
     weak_evidence: float = 0.3  # local level evidence below this is flagged
     low_confidence: float = 0.5  # confidence below this is flagged
@@ -246,6 +247,7 @@ def _viterbi(peaks: list[Peak], ev: np.ndarray, spacing_mm: float, cfg: AssignCo
     for a, v in enumerate(vals):
         u[:, a] = np.log((ev[:, v] if 0 <= v < N_LEVELS else outside) + cfg.eps)
     u -= u.max(axis=1, keepdims=True)
+    u *= cfg.evidence_weight  # level maps are least reliable far from the sacrum: the chain decides
     drop = cfg.drop_weight * np.array([max(p.height, 0.0) for p in peaks])
     cum_drop = np.concatenate([[0.0], np.cumsum(drop)])  # cum_drop[k] = sum drop[0:k]
 

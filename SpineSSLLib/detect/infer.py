@@ -4,11 +4,12 @@
    from slices ``k-context .. k+context``: a class map (background / T12 ... S1) and a centre map;
 2. the mid-sagittal slice of the spine is the slice with the most vertebra x centre mass; the
    maps averaged over it and its neighbours give vertebra candidates = connected vertebra
-   regions (split where the class changes inside one region), each with its centroid, its
+   regions (a region much larger than a typical body - bodies merged where a collapsed disc was
+   not seen - is split between the centre-map peaks inside it), each with its centroid, its
    strength (mean vertebra probability) and its class distribution;
 3. ``assign.assign_instances`` labels the candidates with one chain from the sacrum upward (one
    instance per level for the whole scan, hence consistent across slices);
-4. per level: the slice range = slices where its class still covers its region; the lateral
+4. per level: the slice range = slices where vertebra still covers its region; the lateral
    centroid = the middle of that range (interpolated half-coverage crossings) or, when the body
    runs past the first or last slice, the sub-slice peak of the centre map's profile across
    slices (centre of mass of its upper half; the centre map falls off away from the body's
@@ -146,25 +147,48 @@ class Candidate:
     mask: np.ndarray  # (H, W) bool
 
 
+def _split(mask: np.ndarray, centre: np.ndarray, spacing_mm: float, typical: float) -> list[np.ndarray]:
+    """Split a region of merged bodies (a collapsed disc not seen): pixels go to the nearest
+    centre-map peak inside the region; without two such peaks, into equal-area slabs across
+    the region's long axis (the spine direction)."""
+    from .assign import find_peaks
+
+    rr, cc = np.nonzero(mask)
+    pts = np.column_stack([rr, cc]).astype(np.float64)
+    peaks = find_peaks(np.where(mask, centre, 0.0), 0.2, 14.0 / spacing_mm)
+    if len(peaks) >= 2:
+        seeds = np.array([[p.row, p.col] for p in peaks])
+        owner = np.argmin(((pts[:, None, :] - seeds[None]) ** 2).sum(axis=2), axis=1)
+    else:
+        n = max(2, int(round(mask.sum() / typical)))
+        centred = pts - pts.mean(axis=0)
+        t = centred @ np.linalg.eigh(centred.T @ centred)[1][:, -1]
+        owner = np.clip(np.searchsorted(np.quantile(t, np.linspace(0, 1, n + 1))[1:-1], t, side="right"), 0, n - 1)
+    out = []
+    for a in np.unique(owner):
+        pm = np.zeros_like(mask)
+        pm[rr[owner == a], cc[owner == a]] = True
+        if pm.sum() >= 0.25 * typical:
+            out.append(pm)
+    return out or [mask]
+
+
 def candidates(agg: np.ndarray, spacing_mm: float, min_region_mm2: float) -> list[Candidate]:
     """Vertebra candidates on band-averaged maps (C, H, W)."""
     from scipy import ndimage
 
     fg = 1.0 - agg[BACKGROUND]
     cls = agg[FIRST_LEVEL:FIRST_LEVEL + len(LEVEL_NAMES)]
-    arg = cls.argmax(axis=0)
     min_px = max(1.0, min_region_mm2 / spacing_mm**2)
     lab, n = ndimage.label(fg > 0.5)
+    regions = [m for m in (lab == i for i in range(1, n + 1)) if m.sum() >= min_px]
+    # typical body: the median region, at most ~1000 mm^2 (a lumbar body's mid-sagittal area), so
+    # that a scan whose discs are all collapsed still has its merged regions split
+    typical = min(float(np.median([m.sum() for m in regions])), 1000.0 / spacing_mm**2) if regions else 0.0
     out = []
-    for i in range(1, n + 1):
-        m = lab == i
-        if m.sum() < min_px:
-            continue
-        parts = []
-        for v in np.unique(arg[m]):  # a region holding two levels (a missed disc) is split
-            sub, ns = ndimage.label(m & (arg == v))
-            parts += [sub == j for j in range(1, ns + 1) if (sub == j).sum() >= min_px]
-        for pm in (parts if len(parts) > 1 else [m]):
+    for m in regions:
+        parts = _split(m, agg[CENTRE], spacing_mm, typical) if m.sum() > 1.6 * typical else [m]
+        for pm in parts:
             w = fg[pm]
             rr, cc = np.nonzero(pm)
             ev = cls[:, pm].sum(axis=1) / max(float(w.sum()), 1e-6)
@@ -195,7 +219,7 @@ def detect_scan(detector: Detector, scan: Scan, path=None, source: str | None = 
     for name, a in res.levels.items():
         v = LEVEL_NAMES.index(name)
         mask = by_pos[(a.row, a.col)].mask
-        cover = np.array([maps[k, FIRST_LEVEL + v][mask].mean() for k in range(K)])
+        cover = np.array([fg[k][mask].mean() for k in range(K)])  # vertebra (any level: the chain named it)
         lo, hi = _slice_range(cover)
         kf = _range_middle(cover, lo, hi)
         if kf is None:  # the body spans the stack: the centre map's lateral fall-off places it

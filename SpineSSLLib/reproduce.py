@@ -127,6 +127,13 @@ class Reproduction:
 
     # --- bookkeeping
     def _save_state(self):
+        # several processes may share one experiment (--shard): keep stages others recorded
+        if self.state_path.is_file():
+            try:
+                disk = json.loads(self.state_path.read_text())
+                self.state["stages"] = {**disk.get("stages", {}), **self.state.get("stages", {})}
+            except ValueError:
+                pass
         write_json(self.state_path, self.state)
 
     def _stage(self, name: str, done: bool, fn):
@@ -253,7 +260,8 @@ class Reproduction:
 
         return grading.scaled_train_sizes(len(splits.train), self.cfg.paper_sizes)
 
-    def run_grading(self, splits, data_cache: dict | None = None, max_new_runs: int | None = None):
+    def run_grading(self, splits, data_cache: dict | None = None, max_new_runs: int | None = None,
+                    shard: tuple[int, int] = (0, 1)):
         from . import checkpoint as ckpt
         from . import grading
         from .progress import Progress
@@ -263,7 +271,8 @@ class Reproduction:
         specs = plan(sizes, self.cfg.modes, self.cfg.seeds)
         class_names = grading.class_names_from(grading.read_ivd_table(self.work))
         cache = {} if data_cache is None else data_cache
-        todo = [s for s in specs if not (self.out / "runs" / s.key / "test_metrics.json").is_file()]
+        todo = [s for i, s in enumerate(specs) if i % shard[1] == shard[0]
+                and not (self.out / "runs" / s.key / "test_metrics.json").is_file()]
         if max_new_runs is not None:
             todo = todo[:max_new_runs]
         self.log(f"[reproduce] grading runs: {len(specs) - len(todo)} done, {len(todo)} to do")
@@ -306,9 +315,11 @@ class Reproduction:
         return rows
 
     # --- everything
-    def run(self, command: str = "", max_new_runs: int | None = None) -> Path:
+    def run(self, command: str = "", max_new_runs: int | None = None, shard: tuple[int, int] = (0, 1)) -> Path:
         """Do (or finish) everything; ``max_new_runs`` stops after that many new grading runs
-        (the report then says the experiment is incomplete; the same call continues it)."""
+        (the report then says the experiment is incomplete; the same call continues it);
+        ``shard=(i, n)``: this process does the grading runs ``i, i+n, ...`` of the plan, so ``n``
+        processes (or machines sharing the folder) can work on one experiment."""
         t0 = time.time()
         if command:
             self.state["command"] = command
@@ -321,7 +332,7 @@ class Reproduction:
         cache: dict = {}
         self._stage("baselines", (self.out / "baselines.json").is_file(),
                     lambda: write_json(self.out / "baselines.json", run_baselines(self, splits, cache)))
-        self.run_grading(splits, cache, max_new_runs)
+        self.run_grading(splits, cache, max_new_runs, shard)
         self.state.setdefault("session_wall_s", []).append(round(time.time() - t0, 1))
         self._save_state()
         return write_report(self)

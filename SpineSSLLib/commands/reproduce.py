@@ -23,6 +23,8 @@ def add_arguments(parser):
     parser.add_argument("--supervised-levels", help="level source of --supervised-cohort (KIND:FOLDER)")
     parser.add_argument("--report-only", action="store_true",
                         help="only (re)write report.md and fig8.png from the runs finished so far")
+    parser.add_argument("--shard", default="0/1", help="I/N: this process does every N-th grading run "
+                        "starting at I (run N processes, e.g. on N GPUs, on one --out)")
     parser.add_argument("--max-runs", type=int, help="stop after this many new grading runs (continue later)")
     parser.add_argument("--subjects", type=int, help="synthetic cohort size (overrides the preset)")
     parser.add_argument("--seeds", type=int, help="number of seeds per size and mode (>= 3 for CIs)")
@@ -74,7 +76,13 @@ def run(args) -> int:
 
         print(f"report: {write_report(rep)}")
         return 0
-    report = rep.run(command="spine-ssl " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-                     max_new_runs=args.max_runs)
+    try:
+        i, n = (int(v) for v in args.shard.split("/"))
+        assert 0 <= i < n
+    except (ValueError, AssertionError):
+        raise ConfigError(f"--shard must be I/N with 0 <= I < N, got {args.shard!r}") from None
+    argv = [a for a in sys.argv[1:]]
+    report = rep.run(command="spine-ssl " + " ".join(shlex.quote(a) for a in argv),
+                     max_new_runs=args.max_runs, shard=(i, n))
     print(f"report: {report}")
     return 0

@@ -60,8 +60,8 @@ class ReproduceConfig:
 PRESETS = {
     "small": ReproduceConfig(
         name="small", subjects=120, supervised_subjects=60, model_preset="small",
-        pretrain_args=["--preset", "small", "--epochs", "10", "--lr", "1e-3", "--patience", "3", "--workers", "0"],
-        grade=dict(max_epochs=12, patience=3, max_lr_drops=1, batch_size=32, lr=1e-3),
+        pretrain_args=["--preset", "small", "--epochs", "10", "--lr", "0.01", "--patience", "3", "--workers", "0"],
+        grade=dict(max_epochs=12, patience=3, max_lr_drops=1, batch_size=16, lr=1e-2),
         supervised_grade=dict(max_epochs=15),
     ),
     "paper": ReproduceConfig(
@@ -282,17 +282,31 @@ class Reproduction:
                 rdir = self.out / "runs" / spec.key
                 pre = {"ssl-frozen": self.pretrain_dir, "ssl-finetune": self.pretrain_dir,
                        "supervised": self.supervised_dir}.get(spec.mode)
-                gcfg = grading.GradeTrainConfig(mode=spec.mode, model_preset=self.cfg.model_preset,
-                                                pretrained=str(grading.resolve_checkpoint_dir(pre)) if pre else None,
-                                                seed=spec.seed, **self.cfg.grade)
-                t0 = time.time()
-                res = grading.train_grading(self.work, rdir, gcfg, splits=splits, train_subjects=subsets[spec.size],
-                                            class_names=class_names, resume=ckpt.exists(rdir / "last"),
-                                            eval_tta=grading.TTAConfig() if self.cfg.eval_tta else None,
-                                            data_cache=cache)
-                res["wall_s"] = round(time.time() - t0, 1)
-                res["size"] = spec.size
-                write_json(rdir / "test_metrics.json", res)
+                if (rdir / "test_metrics.json").is_file():
+                    bar.update(1)  # another process finished it meanwhile
+                    continue
+                if pre is not None and not ((pre / "best" / "checkpoint.json").is_file()
+                                            and ((pre / "fit.json").is_file() or (pre / "test_metrics.json").is_file())):
+                    self.log(f"[reproduce] {spec.key}: waiting for {pre.name} (another process) - skipped for now")
+                    continue
+                if not _claim(rdir):
+                    self.log(f"[reproduce] {spec.key}: another process is on it - skipped")
+                    continue
+                try:
+                    gcfg = grading.GradeTrainConfig(mode=spec.mode, model_preset=self.cfg.model_preset,
+                                                    pretrained=str(grading.resolve_checkpoint_dir(pre)) if pre else None,
+                                                    seed=spec.seed, **self.cfg.grade)
+                    t0 = time.time()
+                    res = grading.train_grading(self.work, rdir, gcfg, splits=splits,
+                                                train_subjects=subsets[spec.size], class_names=class_names,
+                                                resume=ckpt.exists(rdir / "last"),
+                                                eval_tta=grading.TTAConfig() if self.cfg.eval_tta else None,
+                                                data_cache=cache)
+                    res["wall_s"] = round(time.time() - t0, 1)
+                    res["size"] = spec.size
+                    write_json(rdir / "test_metrics.json", res)
+                finally:
+                    _release(rdir)
                 self.write_results(specs)
                 bar.update(1)
         self.write_results(specs)
@@ -336,6 +350,42 @@ class Reproduction:
         self.state.setdefault("session_wall_s", []).append(round(time.time() - t0, 1))
         self._save_state()
         return write_report(self)
+
+
+def _claim(rdir: Path) -> bool:
+    """Claim a run folder for this process (``.claim`` holds host and pid; a claim by a process
+    that no longer exists on this host is taken over)."""
+    import socket
+
+    rdir.mkdir(parents=True, exist_ok=True)
+    lock = rdir / ".claim"
+    me = f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                host, pid = lock.read_text().split()
+            except (OSError, ValueError):
+                return False
+            if host != socket.gethostname():
+                return False
+            try:
+                os.kill(int(pid), 0)
+                return False  # alive: someone else's run
+            except ProcessLookupError:
+                lock.unlink(missing_ok=True)  # stale claim of a killed process
+                continue
+            except PermissionError:
+                return False
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        return True
+    return False
+
+
+def _release(rdir: Path) -> None:
+    (rdir / ".claim").unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -105,3 +105,24 @@ def test_hand_features_track_nucleus_and_height(tmp_path):
     g = np.array([int(r.grade) for r in recs])
     assert np.corrcoef(f[:, 0], g)[0, 1] < -0.9  # nucleus darkens with grade
     assert np.corrcoef(f[:, 1], g)[0, 1] < -0.8  # disc thins with grade
+
+
+def test_run_claims(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    r = tmp_path / "runs" / "n0001-scratch-s0"
+    assert reproduce._claim(r)
+    assert not reproduce._claim(r)  # held (by this live process)
+    reproduce._release(r)
+    # a claim left by a process that has exited is taken over
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (r / ".claim").write_text(f"{socket.gethostname()} {int(dead.stdout)}")
+    assert reproduce._claim(r)
+    assert (r / ".claim").read_text() == f"{socket.gethostname()} {os.getpid()}"
+    reproduce._release(r)
+    # a claim from another machine sharing the folder is respected
+    (r / ".claim").write_text("some-other-host 1")
+    assert not reproduce._claim(r)

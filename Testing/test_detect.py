@@ -265,3 +265,37 @@ def test_subject_split_keeps_subjects_together():
     groups = {k: {r.group for r in v} for k, v in a.items()}
     assert not (groups["train"] & groups["test"]) and not (groups["train"] & groups["val"])
     assert len(groups["test"]) == 4 and len(groups["val"]) == 3
+
+
+# ------------------------------------------------------------------------------ bundled model
+
+def test_bundled_model_finds_and_names_every_level(cases):
+    """The shipped model (trained on other synthetic subjects) on two unseen synthetic scans."""
+    from SpineSSLLib.detect.evaluate import compare, in_view
+    from SpineSSLLib.detect.infer import detect_levels
+    from SpineSSLLib.detect.model import BUNDLED, load_detector
+
+    det = load_detector()  # the default = the bundled model
+    assert det.path == BUNDLED and det.meta["config"]["task"] == "detect"
+    assert (BUNDLED / "model.safetensors").stat().st_size < 10 * 2**20
+    for case in cases:
+        levels = detect_levels(case.scan, device="cpu")
+        truth, outside = in_view(case.levels, case.scan)
+        res = compare(case.ref.key, levels, truth, ignore=tuple(outside))
+        assert res.all_correct, (res.per_level, levels.issues)
+        errs = [r["centroid_mm"] for r in res.per_level.values()]
+        assert np.mean(errs) < 3.0, errs
+
+
+def test_extract_with_detected_levels(cohort, tmp_path):
+    """`spine-ssl extract --levels detect` cuts the volumes from automatically found levels."""
+    import csv
+
+    c = tmp_path / "C"
+    assert main(["-q", "index", str(cohort / "dicom"), "--out", str(c)]) == 0
+    assert main(["-q", "extract", str(c), "--levels", "detect", "--device", "cpu"]) == 0
+    with open(c / "volumes.csv") as f:
+        rows = list(csv.DictReader(f))
+    vb = [r for r in rows if r["kind"] == "VB"]
+    assert len({r["scan_key"] for r in vb}) == 2
+    assert len(vb) >= 12 and {r["level"] for r in vb} == set(LEVEL_NAMES)

@@ -29,4 +29,7 @@ if [ -f "$OUT/pretrain/best/checkpoint.json" ]; then GRADE_INIT=(--mode ssl-froz
 else GRADE_INIT=(--mode scratch --preset small); fi
 spine-ssl -q grade-train "$OUT/C" --out "$OUT/grading" "${GRADE_INIT[@]}" --epochs 5 --batch-size 32
 spine-ssl -q grade "$OUT/grading" --volumes "$(ls "$OUT"/C/volumes/*.npz | head -n 1)" --out "$OUT/grades" --no-tta
+# Automatic vertebra detection and labelling with the bundled (synthetic-data) model, compared
+# with the ground truth (docs/detection.md); `extract --levels detect` would use it directly.
+spine-ssl -q detect "$OUT/cohort/dicom" --out "$OUT/detected" --reference "$OUT/cohort/truth"
 echo "Demo outputs in $OUT"

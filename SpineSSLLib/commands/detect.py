@@ -7,9 +7,9 @@ DESCRIPTION = (
     "and/or NIfTI/NRRD/MHA images).  Writes OUT/<SeriesInstanceUID or image stem>.json (levels: "
     "centroid, 4 corners, slice range, mid slice, confidence; low-confidence levels listed under "
     "'issues'), OUT/detect.csv (one row per scan), OUT/errors.csv for unreadable scans, and with "
-    "--markups a Slicer .mrk.json per scan in OUT/markups.  With --reference DIR the detections are "
-    "compared with known levels (OUT/evaluation.json + .png).  The OUT folder can be given to "
-    "`spine-ssl extract` as its levels folder.")
+    "--markups a Slicer .mrk.json per scan in OUT/markups holding the levels with confidence >= 0.5 "
+    "(usable as `spine-ssl extract --levels markups:OUT/markups`).  With --reference DIR the "
+    "detections are compared with known levels (OUT/evaluation.json + .png).")
 
 
 def add_arguments(parser):
@@ -21,13 +21,13 @@ def add_arguments(parser):
     parser.add_argument("--reference", help="folder of known levels (truth JSON, .mrk.json, label maps) to "
                                             "evaluate against")
     parser.add_argument("--label-mapping", help="label-map values -> levels for --reference label maps")
-    parser.add_argument("--markups", action="store_true", help="also write Slicer markups per scan")
+    parser.add_argument("--markups", action="store_true",
+                        help="also write Slicer markups per scan (levels with confidence >= 0.5)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
 
 
 def run(args) -> int:
-    import os
     from pathlib import Path
 
     from .. import atomic
@@ -35,6 +35,7 @@ def run(args) -> int:
     from ..levels import resolve_label_mapping, to_markups_dict
     from ..progress import track
     from ..detect import cases as C
+    from ..detect.infer import usable_levels
 
     out = Path(args.out)
     refs = C.discover(args.input, args.reference)
@@ -77,8 +78,8 @@ def run(args) -> int:
         d = {"schema": "spinessl.levels/1", "detector": detector_name, "key": ref.key}
         d.update(levels.to_dict())
         atomic.write_json(out / f"{ref.key}.json", d)
-        if args.markups:
-            atomic.write_json(out / "markups" / f"{ref.key}.mrk.json", to_markups_dict(levels))
+        if args.markups:  # only levels a downstream stage may use (low-confidence ones are in the JSON)
+            atomic.write_json(out / "markups" / f"{ref.key}.mrk.json", to_markups_dict(usable_levels(levels)))
         low = [lv.name for lv in levels if lv.confidence < 0.5]
         rows.append({"key": ref.key, "n_levels": len(levels), "levels": " ".join(levels.names),
                      "low_confidence": " ".join(low), "issues": " | ".join(levels.issues)})

@@ -209,9 +209,11 @@ class Reproduction:
     def pretrain(self):
         from . import checkpoint as ckpt
 
+        splits_file = self.pretrain_splits_for_grading()
+
         def go():
-            self._cli(["-q", "pretrain", self.work, "--out", self.pretrain_dir, *self.cfg.pretrain_args,
-                       *(["--resume"] if ckpt.exists(self.pretrain_dir / "last") else [])])
+            self._cli(["-q", "pretrain", self.work, "--out", self.pretrain_dir, "--splits", splits_file,
+                       *self.cfg.pretrain_args, *(["--resume"] if ckpt.exists(self.pretrain_dir / "last") else [])])
 
         self._stage("pretrain", ckpt.exists(self.pretrain_dir / "best") and
                     (self.pretrain_dir / "fit.json").is_file(), go)
@@ -219,6 +221,30 @@ class Reproduction:
         self._stage("eval-pairs", (self.pretrain_dir / "eval_test" / "report.json").is_file(),
                     lambda: self._cli(["-q", "eval-pairs", self.pretrain_dir, self.work, "--out",
                                        self.pretrain_dir / "eval_test", "--split", "test"]))
+
+    def pretrain_splits_for_grading(self) -> Path:
+        """The pretraining split (``data.make_splits``: 80:10:10 by family) with the future grading
+        test subjects moved into its test split, so pretraining never sees them (the paper: "the
+        Siamese network will never have seen the subjects in the classification test set").  The
+        grading test subjects are chosen first, as ``grading.make_grading_splits`` would choose
+        them without constraint; with this split it then chooses exactly them."""
+        from . import grading
+        from .data import make_splits, read_vb_table, write_splits
+
+        path = self.out / "pretrain_splits.json"
+        if path.is_file():
+            return path
+        sp = make_splits(read_vb_table(self.work), seed=self.cfg.split_seed)
+        records = grading.read_ivd_table(self.work)
+        held = set(grading.make_grading_splits(records, {}, seed=self.cfg.split_seed).test)
+        fam = {r.subject_key: r.family for r in records}
+        held_fams = {fam[s] for s in held}
+        moved = {s for subs in sp.subjects.values() for s in subs if fam.get(s) in held_fams}
+        for k in ("train", "val"):
+            sp.subjects[k] = [s for s in sp.subjects[k] if s not in moved]
+        sp.subjects["test"] = sorted(set(sp.subjects["test"]) | moved)
+        write_splits(path, sp)
+        return path
 
     def train_supervised(self):
         """The supervised source: a grading network trained from scratch on the second cohort."""
@@ -234,7 +260,7 @@ class Reproduction:
         self._stage("supervised-source", (self.supervised_dir / "test_metrics.json").is_file(), go)
 
     def pretrain_splits_file(self) -> Path | None:
-        for cand in (self.pretrain_dir / "splits.json", self.work / "splits.json"):
+        for cand in (self.out / "pretrain_splits.json", self.pretrain_dir / "splits.json", self.work / "splits.json"):
             if cand.is_file():
                 return cand
         return None

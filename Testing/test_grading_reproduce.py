@@ -126,3 +126,36 @@ def test_run_claims(tmp_path):
     # a claim from another machine sharing the folder is respected
     (r / ".claim").write_text("some-other-host 1")
     assert not reproduce._claim(r)
+
+
+def test_pretraining_split_keeps_grading_test_out(tmp_path):
+    """The pretraining split made by the runner leaves every grading test subject out of the
+    pretraining train/val, and the grading split then picks a full test set."""
+    import csv as _csv
+
+    from SpineSSLLib import grading
+    from SpineSSLLib.data import read_splits
+
+    out = tmp_path / "exp"
+    work = write_contract_cohort(out / "work", n_subjects=30)
+    # add VB rows (the pretraining table) for every scan
+    with open(work / "volumes.csv") as f:
+        rows = list(_csv.DictReader(f))
+    vb = []
+    for r in rows:
+        if r["index"] == "0":
+            for lvl in ("T12", "L1"):
+                vb.append({**r, "volume_id": r["scan_key"] + lvl, "kind": "VB", "level": lvl, "grade": ""})
+    with open(work / "volumes.csv", "w", newline="") as f:
+        w = _csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows + vb)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    rep = reproduce.Reproduction(out, reproduce.preset("small"), cohort=raw, log=lambda *a: None)
+    pre = read_splits(rep.pretrain_splits_for_grading()).split_of()
+    sp = grading.make_grading_splits(grading.read_ivd_table(work), pre, seed=0)
+    _, _, n_test = grading.scaled_counts(len(sp.train) + len(sp.val) + len(sp.test))
+    assert len(sp.test) == n_test and not sp.notes
+    assert all(pre[s] == "test" for s in sp.test)
+    assert sp.test == grading.make_grading_splits(grading.read_ivd_table(work), {}, seed=0).test

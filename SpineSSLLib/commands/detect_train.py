@@ -19,6 +19,9 @@ def add_arguments(parser):
     parser.add_argument("--epochs", type=int, default=40, help="maximum epochs (default 40)")
     parser.add_argument("--samples-per-epoch", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--canvas", type=int, default=128, help="training crop size in 2 mm pixels (default 128)")
+    parser.add_argument("--sigma-lateral", type=float, default=8.0,
+                        help="fall-off (mm) of the centre map across slices (default 8)")
     parser.add_argument("--lr", type=float, default=0.3, help="SGD learning rate (default 0.3)")
     parser.add_argument("--patience", type=int, default=3, help="epochs without improvement before lowering the lr")
     parser.add_argument("--val-fraction", type=float, default=0.15)
@@ -73,8 +76,8 @@ def run(args) -> int:
                 errors.append({"file": ref.where, "stage": f"detect-train/{part}", "error": type(e).__name__,
                                "message": str(e)})
                 print(f"skipped: {e}")
-    cfg = DetectorConfig(**PRESETS[args.preset])
-    tcfg = DetectTrainConfig(samples_per_epoch=args.samples_per_epoch, seed=args.seed)
+    cfg = DetectorConfig(**PRESETS[args.preset], sigma_lateral_mm=args.sigma_lateral)
+    tcfg = DetectTrainConfig(samples_per_epoch=args.samples_per_epoch, seed=args.seed, canvas_px=args.canvas)
     tc = TrainConfig(lr=args.lr, momentum=0.9, weight_decay=1e-4, batch_size=args.batch_size,
                      max_epochs=args.epochs, patience=args.patience, max_lr_drops=2, amp=args.amp,
                      device=args.device, num_workers=args.workers, seed=args.seed, grad_clip=5.0)

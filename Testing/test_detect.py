@@ -299,3 +299,23 @@ def test_extract_with_detected_levels(cohort, tmp_path):
     vb = [r for r in rows if r["kind"] == "VB"]
     assert len({r["scan_key"] for r in vb}) == 2
     assert len(vb) >= 12 and {r["level"] for r in vb} == set(LEVEL_NAMES)
+
+
+def test_slicer_automatic_levels_through_the_scene(cases):
+    """The Slicer module's automatic option: volume node -> Scan -> detect_levels -> markups
+    (MRML via slicer-core; the same calls as SpineSSLLogic.detectLevels)."""
+    import slicer  # slicer-core (test dependency)
+    from SpineSSLLib import scene
+    from SpineSSLLib.detect.evaluate import compare, in_view
+    from SpineSSLLib.detect.infer import detect_levels
+
+    mrml = slicer.vtkMRMLScene()
+    case = cases[0]
+    node = scene.volume_node_from_scan(mrml, case.scan, "T2 sagittal")
+    levels = detect_levels(scene.scan_from_volume_node(node), device="cpu", where=node.GetName())
+    truth, outside = in_view(case.levels, case.scan)
+    assert compare("slicer", levels, truth, ignore=tuple(outside)).all_correct
+    markups = scene.markups_from_levels(mrml, levels, "levels")
+    back = scene.levels_from_markups(markups)
+    assert back.names == levels.names
+    assert np.allclose(back["L3"].centroid, levels["L3"].centroid, atol=1e-3)

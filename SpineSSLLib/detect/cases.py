@@ -21,8 +21,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import InputError, LevelsError, SpineSSLError
 from ..io import IMAGE_SUFFIXES, Scan, is_image_file
 
@@ -179,9 +177,3 @@ def split_groups(refs: list[CaseRef], val_fraction: float, test_fraction: float,
     for r in refs:
         out["test" if r.group in test else "val" if r.group in val else "train"].append(r)
     return out
-
-
-def corner_spread(levels) -> float:
-    """Mean distance (mm) of corners from their centroid (sanity figure for reports)."""
-    d = [np.linalg.norm(lv.corners - lv.centroid, axis=1).mean() for lv in levels if lv.corners is not None]
-    return float(np.mean(d)) if d else float("nan")

@@ -217,7 +217,6 @@ def detect_scan(detector: Detector, scan: Scan, path=None, source: str | None = 
     levels: dict[str, Level] = {}
     issues = list(res.issues)
     for name, a in res.levels.items():
-        v = LEVEL_NAMES.index(name)
         mask = by_pos[(a.row, a.col)].mask
         cover = np.array([fg[k][mask].mean() for k in range(K)])  # vertebra (any level: the chain named it)
         lo, hi = _slice_range(cover)

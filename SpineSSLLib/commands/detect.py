@@ -73,7 +73,8 @@ def run(args) -> int:
             scan = C.load_scan(ref)
             levels, _ = run_one(scan, ref.where)
         except SpineSSLError as e:
-            errors.append({"file": ref.where, "stage": "detect", "error": type(e).__name__, "message": str(e)})
+            # the scan key and the cause only: folder names may carry patient identifiers
+            errors.append({"scan": ref.key, "stage": "detect", "error": type(e).__name__, "message": e.cause})
             continue
         d = {"schema": "spinessl.levels/1", "detector": detector_name, "key": ref.key}
         d.update(levels.to_dict())
@@ -86,7 +87,7 @@ def run(args) -> int:
         preds[ref.key] = levels
     atomic.write_csv(out / "detect.csv", rows, ["key", "n_levels", "levels", "low_confidence", "issues"])
     if errors:
-        atomic.write_csv(out / "errors.csv", errors, ["file", "stage", "error", "message"])
+        atomic.write_csv(out / "errors.csv", errors, ["scan", "stage", "error", "message"])
     n_all = sum(1 for r in rows if r["n_levels"] == 7 and not r["low_confidence"])
     print(f"detected levels in {len(rows)} of {len(refs)} scans ({n_all} with all 7 levels confident); "
           f"{len(errors)} failed -> {out}")
@@ -102,8 +103,8 @@ def run(args) -> int:
                 scan = C.load_scan(ref)
                 truth, outside = in_view(C.load_levels(ref, scan, mapping), scan)
             except SpineSSLError as e:
-                errors.append({"file": ref.levels_file, "stage": "reference", "error": type(e).__name__,
-                               "message": str(e)})
+                errors.append({"scan": ref.key, "stage": "reference", "error": type(e).__name__,
+                               "message": e.cause})
                 continue
             results.append(compare(ref.key, preds[ref.key], truth, ignore=tuple(outside)))
         summary = summarise(results)
@@ -113,5 +114,5 @@ def run(args) -> int:
               f"{'n/a' if cm is None else f'{cm:.2f} mm'}, labelling accuracy {summary['labelling_accuracy']}, "
               f"all levels right in {summary['scans_all_correct']} of scans")
         if errors:
-            atomic.write_csv(out / "errors.csv", errors, ["file", "stage", "error", "message"])
+            atomic.write_csv(out / "errors.csv", errors, ["scan", "stage", "error", "message"])
     return 1 if errors else 0

@@ -73,8 +73,8 @@ def run(args) -> int:
                     raise SpineSSLError("level file holds no levels", ref.levels_file)
                 loaded[part].append(case)
             except SpineSSLError as e:
-                errors.append({"file": ref.where, "stage": f"detect-train/{part}", "error": type(e).__name__,
-                               "message": str(e)})
+                errors.append({"scan": ref.key, "stage": f"detect-train/{part}", "error": type(e).__name__,
+                               "message": e.cause})
                 print(f"skipped: {e}")
     cfg = DetectorConfig(**PRESETS[args.preset], sigma_lateral_mm=args.sigma_lateral)
     tcfg = DetectTrainConfig(samples_per_epoch=args.samples_per_epoch, seed=args.seed, canvas_px=args.canvas)
@@ -94,7 +94,7 @@ def run(args) -> int:
         example = summary.pop("_example")
         summary["split"] = {k: len(v) for k, v in split.items()}
         write_report(summary, out / "evaluation.json", out / "evaluation.png", example)
-        errors += [{"file": "", "stage": "detect-train/test", "error": "SpineSSLError", "message": m} for m in errs]
+        errors += [{"scan": "", "stage": "detect-train/test", "error": "SpineSSLError", "message": m} for m in errs]
         cm = summary["centroid_mm"]["mean"]
         print(f"held-out: {summary['n_scans']} scans, mean centroid error "
               f"{cm if cm is None else round(cm, 2)} mm, labelling accuracy "

@@ -205,7 +205,7 @@ def evaluate_cases(detector, refs, label_mapping=None, desc: str = "evaluating")
                 raise SpineSSLError("no reference levels for this scan", ref.where)
             pred = detect_scan(detector, case.scan, ref.where)
         except SpineSSLError as e:
-            errors.append(str(e))
+            errors.append(f"{ref.key}: {e.cause}")  # no folder names: they may identify patients
             continue
         truth, outside = in_view(case.levels, case.scan)
         res = compare(ref.key, pred.levels, truth, low_confidence=detector.config.assign.low_confidence,

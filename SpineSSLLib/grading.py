@@ -410,8 +410,14 @@ class GradeTrainConfig:
     device: str = "auto"
     amp: str = "auto"
     num_workers: int = 0
+    fc_init: str = "data"
+    """"data": rescale the new fc6/fc7 weights so their pre-activations have unit spread on a
+    batch of training discs (data-dependent init of the new layers only; the trunk is untouched);
+    "he": the model's own initialisation."""
 
     def __post_init__(self):
+        if self.fc_init not in ("data", "he"):
+            raise ConfigError(f"fc_init must be 'data' or 'he', got {self.fc_init!r}")
         if self.mode not in MODES:
             raise ConfigError(f"unknown grading mode {self.mode!r} (choose from {', '.join(MODES)})")
 
@@ -443,6 +449,40 @@ class IVDDataset:
 
     def __getitem__(self, i):
         return self.x[i].float().unsqueeze(0), self.y[i]
+
+
+def data_dependent_fc_init(model, volumes: np.ndarray, n: int = 64, seed: int = 0) -> dict:
+    """Scale the new fully-connected layers fc6 and fc7 so that, on up to ``n`` training volumes,
+    each layer's pre-activations have unit standard deviation (per unit, averaged), in the spirit
+    of layer-sequential unit-variance init.  Only those layers change; conv weights (transferred or
+    frozen) are untouched.  Returns the scale factors applied.
+
+    Why: the random-init trunk's pool5 activations are ~1e-2 in size, so with the usual fc init
+    the logits start ~1e-4 apart and SGD needs thousands of steps before the fc layers move —
+    frozen-trunk modes then sit at chance in any short schedule although a linear probe on the
+    same features is far above it."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(volumes), size=min(n, len(volumes)), replace=False)
+    x = torch.as_tensor(np.asarray(volumes[np.sort(idx)], dtype=np.float32)).unsqueeze(1)
+    dev = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    scales = {}
+    with torch.no_grad():
+        h = model.trunk(model.prepare_input(x.to(dev))).flatten(1)
+        for name in ("fc6", "fc7"):
+            layer = getattr(model, name)
+            pre = layer(h)
+            sd = float(pre.std(0).mean())
+            if sd > 0 and np.isfinite(sd):
+                layer.weight.mul_(1.0 / sd)
+                layer.bias.zero_()
+                scales[name] = 1.0 / sd
+            h = torch.relu(layer(h))
+    model.train(was_training)
+    return scales
 
 
 def _loss_fn(weights):
@@ -606,7 +646,11 @@ def train_grading(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg
     labels = {k: np.array([cls_index[r.grade] for r in v], dtype=np.int64) for k, v in parts.items()}
     tcfg = cfg.train_config()
     device = select_device(tcfg.device)
-    ds_train = IVDDataset(arrays(parts["train"]), labels["train"])
+    x_train = arrays(parts["train"])
+    fc_scales = {}
+    if cfg.fc_init == "data" and not (resume and ckpt.exists(out / "last")):
+        fc_scales = data_dependent_fc_init(model, x_train, seed=cfg.seed)
+    ds_train = IVDDataset(x_train, labels["train"])
     ds_val = IVDDataset(arrays(parts["val"]), labels["val"])
     train_loader = make_loader(ds_train, tcfg.batch_size, shuffle=True, num_workers=tcfg.num_workers,
                                seed=cfg.seed, device=device)
@@ -630,7 +674,7 @@ def train_grading(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg
               "n_train_discs": len(parts["train"]), "n_val_discs": len(parts["val"]),
               "n_test_subjects": len(splits.test), "n_test_discs": len(parts["test"]),
               "epochs": res.last_epoch + 1, "best_epoch": res.best_epoch, "stop_reason": res.stop_reason,
-              "device": str(device)}
+              "device": str(device), "fc_init_scales": fc_scales}
     if parts["test"]:
         x_test = arrays(parts["test"])
         prob = predict_proba(model, x_test, TTAConfig.none(), device=device)

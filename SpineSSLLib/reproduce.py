@@ -61,7 +61,7 @@ PRESETS = {
     "small": ReproduceConfig(
         name="small", subjects=120, supervised_subjects=60, model_preset="small",
         pretrain_args=["--preset", "small", "--epochs", "10", "--lr", "0.01", "--patience", "3", "--workers", "0"],
-        grade=dict(max_epochs=12, patience=3, max_lr_drops=1, batch_size=16, lr=1e-2),
+        grade=dict(max_epochs=12, patience=3, max_lr_drops=1, batch_size=16, lr=1e-3, fc_init="data"),
         supervised_grade=dict(max_epochs=15),
     ),
     "paper": ReproduceConfig(
@@ -257,7 +257,15 @@ class Reproduction:
             grading.train_grading(self.sup_work, self.supervised_dir, gcfg,
                                   resume=ckpt.exists(self.supervised_dir / "last"))
 
-        self._stage("supervised-source", (self.supervised_dir / "test_metrics.json").is_file(), go)
+        done = (self.supervised_dir / "test_metrics.json").is_file()
+        if not done and not _claim(self.supervised_dir):
+            self.log("[reproduce] another process is training the supervised source; its runs wait for it")
+            return
+        try:
+            self._stage("supervised-source", done, go)
+        finally:
+            if not done:
+                _release(self.supervised_dir)
 
     def pretrain_splits_file(self) -> Path | None:
         for cand in (self.out / "pretrain_splits.json", self.pretrain_dir / "splits.json", self.work / "splits.json"):

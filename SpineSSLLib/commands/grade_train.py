@@ -28,6 +28,9 @@ def add_arguments(parser):
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--patience", type=int, default=10, help="epochs without validation progress before lr/10")
+    parser.add_argument("--fc-init", choices=("data", "he"), default="data",
+                        help="data: rescale the new fc6/fc7 to unit pre-activation spread on training discs "
+                        "(default); he: the network's own initialisation")
     parser.add_argument("--no-augment", action="store_true", help="switch the training augmentations off")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
     parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"))
@@ -65,7 +68,8 @@ def run(args) -> int:
     cfg = grading.GradeTrainConfig(mode=args.mode, model_preset=args.preset, pretrained=args.pretrained,
                                    seed=args.seed, augment=not args.no_augment, lr=args.lr,
                                    batch_size=args.batch_size, max_epochs=args.epochs, patience=args.patience,
-                                   device=args.device, amp=args.amp, num_workers=args.workers)
+                                   device=args.device, amp=args.amp, num_workers=args.workers,
+                                   fc_init=args.fc_init)
     splits_file = args.pretrain_splits or _default_pretrain_splits(args.pretrained)
     records = grading.read_ivd_table(args.cohort)
     pre = grading.read_pretrain_splits(splits_file) if splits_file else {}

@@ -11,7 +11,7 @@ Layout (input ``(B, 1, 9, H, W)`` = batch, channel, slices, rows, columns)::
     conv3  3D 512w x (3x3x3)  pad 1                        ReLU
     conv4  3D 512w x (9x3x3)  pad (0,1,1)  -> depth 1      ReLU   (collapses the 9 slices)
     conv5  2D 512w x (3x3)    pad 1                        ReLU  max-pool 2x2
-    fc6 4096  ReLU dropout;  fc7 1024 (the embedding);  ReLU dropout;  fc8 num_classes
+    fc6 4096  ReLU dropout;  fc7 1024 (the embedding, linear);  dropout;  fc8 num_classes
 
 ``fc6`` is sized from ``in_hw`` (224x224 for vertebral bodies, 112x224 for discs), so the
 trunk (conv1..pool5) is shared between input sizes and transfers between tasks.
@@ -164,8 +164,8 @@ class VGGMNet(nn.Module):
             elif isinstance(m, nn.Linear):
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
-        for head in [self.fc8, *self.aux.values()]:
-            nn.init.normal_(head.weight, std=0.01)
+        for head in [self.fc8, *self.aux.values()]:   # linear heads: unit gain (no ReLU follows)
+            nn.init.kaiming_normal_(head.weight, mode="fan_in", nonlinearity="linear")
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 5 or x.shape[1] != 1 or x.shape[2] != DEPTH:
@@ -182,10 +182,13 @@ class VGGMNet(nn.Module):
         return self.fc7(self.drop(F.relu(self.fc6(f))))
 
     def classify(self, emb: torch.Tensor) -> torch.Tensor:
-        return self.fc8(self.drop(F.relu(emb)))
+        """fc8 directly on the fc7 embedding (no ReLU in between: the contrastive loss is
+        indifferent to the sign of embedding components, and a ReLU here left the level head
+        without signal — measured: level loss stuck at ln 7)."""
+        return self.fc8(self.drop(emb))
 
     def aux_logits(self, emb: torch.Tensor) -> dict[str, torch.Tensor]:
-        h = self.drop(F.relu(emb))
+        h = self.drop(emb)
         return {k: head(h) for k, head in self.aux.items()}
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -39,7 +39,6 @@ def _resolve(path: Path) -> Path:
 
 
 def run(args) -> int:
-    import torch
 
     from .. import checkpoint as ckpt
     from .. import data as D
@@ -79,7 +78,6 @@ def run(args) -> int:
     device = select_device(args.device)
     cache = D.VolumeCache(args.cohort, part, model_cfg.net_hw(in_hw), cache_dir=args.cache_dir,
                           progress=progress._enabled)
-    torch.set_grad_enabled(False)
     ev = evaluate_pairs(model, part, cache, pairs, device, args.out, batch_size=args.batch_size,
                         extra={"split": args.split, "checkpoint_epoch": meta.get("epoch")},
                         progress=progress._enabled)

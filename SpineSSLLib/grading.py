@@ -411,9 +411,10 @@ class GradeTrainConfig:
     amp: str = "auto"
     num_workers: int = 0
     fc_init: str = "data"
-    """"data": rescale the new fc6/fc7 weights so their pre-activations have unit spread on a
-    batch of training discs (data-dependent init of the new layers only; the trunk is untouched);
-    "he": the model's own initialisation."""
+    """"data": for the frozen-trunk modes, rescale the new fc6/fc7 weights so their pre-activations
+    have unit spread on a batch of training discs (data-dependent init of the new layers only; the
+    trunk is untouched); trainable-trunk modes keep the model's He init (with the rescaled fc6 their
+    trunk gradients blew up and the ReLUs died); "he": the model's own initialisation always."""
 
     def __post_init__(self):
         if self.fc_init not in ("data", "he"):
@@ -648,7 +649,7 @@ def train_grading(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg
     device = select_device(tcfg.device)
     x_train = arrays(parts["train"])
     fc_scales = {}
-    if cfg.fc_init == "data" and not (resume and ckpt.exists(out / "last")):
+    if cfg.fc_init == "data" and cfg.mode in FROZEN_MODES and not (resume and ckpt.exists(out / "last")):
         fc_scales = data_dependent_fc_init(model, x_train, seed=cfg.seed)
     ds_train = IVDDataset(x_train, labels["train"])
     ds_val = IVDDataset(arrays(parts["val"]), labels["val"])

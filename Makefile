@@ -2,7 +2,6 @@
 #
 #   make demo   synthetic cohort -> index -> extract -> pretrain -> pair evaluation
 #   make test   the test suite (pytest)
-#   make bench  benchmarks (writes docs/performance.md)
 #
 # TORCH chooses the torch build.  The default `torch==2.13.0` is the official wheel: on Linux
 # x86_64 PyPI serves it with CUDA support; machines with a local CPU wheel of that version use it.
@@ -16,7 +15,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.spinessl-installed
 DEMO   ?= demo-output
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test clean
 
 venv: $(STAMP)
 
@@ -32,9 +31,6 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 Testing
-
-bench: $(STAMP)
-	$(BIN)/python benchmarks/run_all.py
 
 clean:
 	rm -rf $(VENV) $(DEMO)

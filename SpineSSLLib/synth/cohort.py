@@ -234,12 +234,16 @@ def _generate(cfg: SynthConfig, out_dir: Path, tmp: Path, workers: int) -> dict:
             import multiprocessing as mp
 
             methods = mp.get_all_start_methods()
-            pool = mp.get_context("fork" if "fork" in methods else "spawn").Pool(workers)
+            # forkserver, not fork: forking a process that already runs torch/BLAS threads (pytest
+            # workers, the Slicer subprocess) can deadlock the children.
+            pool = mp.get_context("forkserver" if "forkserver" in methods else "spawn").Pool(workers)
             it = pool.imap(_subject_job, jobs)
         try:
             for rows in it:
                 subjects.extend(rows)
                 bar.update(len(rows))
+            if pool is not None:
+                pool.close()
         finally:
             if pool is not None:
                 pool.terminate()

@@ -59,6 +59,8 @@ class ModelConfig:
         return cls(preset=name, **{**PRESETS[name], **overrides})
 
     def __post_init__(self):
+        if not isinstance(self.preset, str):  # the classmethod `preset` shadows the field's default
+            self.preset = "paper"
         if not (0 < self.width <= 4):
             raise ConfigError(f"model width multiplier must be in (0, 4], got {self.width}")
         if not (0 < self.input_scale <= 1):
@@ -80,11 +82,9 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ConfigError(f"unknown model config keys: {', '.join(sorted(unknown))}")
-        return cls(**d)
+        from .config import from_dict
+
+        return from_dict(cls, d, "model")
 
 
 def _conv_out(n: int, k: int, s: int, p: int) -> int:

@@ -86,11 +86,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ConfigError(f"unknown training config keys: {', '.join(sorted(unknown))}")
-        return cls(**d)
+        from .config import from_dict
+
+        return from_dict(cls, d, "training")
 
 
 # --------------------------------------------------------------------------- device / distributed

@@ -58,13 +58,9 @@ class PretrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "PretrainConfig":
-        from ..errors import ConfigError
+        from ..config import from_dict
 
-        names = {f.name for f in dataclasses.fields(cls)}
-        bad = set(d) - names
-        if bad:
-            raise ConfigError(f"unknown pretraining config keys: {', '.join(sorted(bad))}")
-        return cls(**d)
+        return from_dict(cls, d, "pretraining")
 
 
 def add_arguments(p):

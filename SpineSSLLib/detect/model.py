@@ -59,11 +59,9 @@ class DetectorConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DetectorConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ConfigError(f"unknown detector config keys: {', '.join(sorted(unknown))}")
-        return cls(**d)
+        from ..config import from_dict
+
+        return from_dict(cls, d, "detector")
 
 
 PRESETS = {

@@ -21,6 +21,11 @@ from . import LEVEL_NAMES
 from .atomic import atomic_path, write_csv, write_json
 
 PAPER = {"auc": 0.946, "level_accuracy": 0.978}
+REIDENTIFICATION_NOTE = (
+    "Re-identification risk: this network tells whether two vertebral bodies belong to the same person "
+    "(the pair ROC AUC above measures how well), across years and scanners. Treat its weights and any "
+    "stored embeddings of a cohort as personal data: a de-identified MRI is not anonymous to it "
+    "(docs/privacy.md).")
 
 
 @torch.no_grad()
@@ -151,6 +156,7 @@ def evaluate_pairs(model, rows, cache, pairs, device: torch.device, out_dir=None
         "level": rep.to_dict(),
         "distance_positive": stats(d[y == 1]), "distance_negative": stats(d[y == 0]),
         "paper": PAPER,
+        "reidentification_note": REIDENTIFICATION_NOTE,
     }
     if extra:
         report.update(extra)

@@ -85,4 +85,6 @@ def run(args) -> int:
     print(f"eval-pairs ({args.split}): {ev.n_pos} positive / {ev.n_neg} negative pairs; AUC {auc} "
           f"(paper 0.946); level accuracy {ev.level_accuracy:.3f} (paper 0.978)")
     print(f"report: {Path(args.out) / 'report.json'}")
+    print("privacy: a network that matches vertebrae across years re-identifies people; treat its weights "
+          "and any stored embeddings as personal data (docs/privacy.md)")
     return 0

@@ -53,11 +53,16 @@ def family_plan(cfg: SynthConfig) -> list[tuple[int, int, int]]:
     return plan
 
 
-def _header(cfg, sa, va, acq, visit_date: _dt.date, series_number: int) -> dict:
+def _header(cfg, sa, va, acq, visit_date: _dt.date, series_number: int, birth_date: _dt.date) -> dict:
+    """The DICOM attributes of one series.  Like a real export it carries identifying values
+    (PatientID, PatientName, birth and study dates, accession number, institution) -- fake, but
+    the privacy audit (``spine-ssl audit-outputs``) has something real to search for."""
     pid = "ANON" + hashlib.sha256(f"{cfg.seed}|{sa.subject_id}|pid".encode()).hexdigest()[:10].upper()
+    acc = int(hashlib.sha256(f"{cfg.seed}|{sa.subject_id}|{va.visit}|acc".encode()).hexdigest()[:12], 16)
     return {
         "PatientID": pid,
         "PatientName": "Anonymous^" + pid[-6:],
+        "PatientBirthDate": birth_date.strftime("%Y%m%d"),
         "PatientSex": sa.sex,
         "PatientAge": f"{int(va.age):03d}Y",
         "PatientWeight": f"{va.weight:.1f}",
@@ -66,7 +71,8 @@ def _header(cfg, sa, va, acq, visit_date: _dt.date, series_number: int) -> dict:
         "SeriesDate": visit_date.strftime("%Y%m%d"),
         "StudyTime": "100000",
         "StudyID": f"{va.visit + 1}",
-        "AccessionNumber": "",
+        "AccessionNumber": f"ACC{acc % 10**9:09d}",
+        "InstitutionName": f"Synthetic Spine Clinic {'North' if acq.field_strength < 1.25 else 'South'}",
         "StudyDescription": "LUMBAR SPINE",
         "SeriesDescription": "SAG T2 TSE",
         "SeriesNumber": series_number,
@@ -113,6 +119,7 @@ def _write_family(cfg: SynthConfig, fam_index: int, first: int, size: int, root:
     for sa in anatomy.make_family(cfg, fam_index, first, size):
         r = np.random.default_rng(np.random.SeedSequence([cfg.seed, 50_000_000 + sa.index]))
         base_date = _BASE_DATE + _dt.timedelta(days=int(r.integers(0, 6 * 365)))
+        birth_date = base_date - _dt.timedelta(days=int(round(sa.baseline_age * 365.25)))
         scans = []
         for visit in range(sa.n_visits):
             va = anatomy.visit_anatomy(cfg, sa, visit, thresholds)
@@ -127,7 +134,7 @@ def _write_family(cfg: SynthConfig, fam_index: int, first: int, size: int, root:
 
             sop = [generate_uid(entropy_srcs=["sop", series_uid, str(k)]) for k in range(K)]
             names = _file_names(acq, K, sop)
-            header = _header(cfg, sa, va, acq, date, 1 + visit)
+            header = _header(cfg, sa, va, acq, date, 1 + visit, birth_date)
             header["FrameOfReferenceUID"] = _uid(cfg, sa.subject_id, visit, "frame")
             arr, aff = out.array, out.affine
             if acq.flipped:  # stored left-to-right: instance 1 is the last slice along the normal

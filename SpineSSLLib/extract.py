@@ -370,13 +370,20 @@ def save_volumes(path, sv: ScanVolumes, scan_affine=None, scan_shape=None) -> No
 
 
 def load_volumes(path) -> ScanVolumes:
+    import zipfile
+
     from .errors import ManifestError
 
     try:
         with np.load(path, allow_pickle=False) as z:
             d = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError) as e:
-        raise ManifestError(f"cannot read volume file ({type(e).__name__})", path) from e
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise ManifestError(f"cannot read volume file ({type(e).__name__}: truncated or not a SpineSSL .npz)",
+                            path) from e
+    missing = [k for k in ("vb", "vb_present", "vb_affine", "ivd", "ivd_present", "ivd_affine", "levels")
+               if k not in d]
+    if missing:
+        raise ManifestError(f"not a SpineSSL volume file (no {', '.join(missing)})", path)
     return ScanVolumes(
         vb=d["vb"].astype(np.float32), vb_present=d["vb_present"], vb_affine=d["vb_affine"],
         ivd=d["ivd"].astype(np.float32), ivd_present=d["ivd_present"], ivd_affine=d["ivd_affine"],
@@ -568,7 +575,7 @@ def _process(job: dict) -> dict:
     import traceback
 
     from .errors import SpineSSLError
-    from .index import identifiers, redact
+    from .index import identifiers, redact, redact_error
     from .io import read_dicom_series, read_header, read_scan
 
     key = job["scan_key"]
@@ -630,7 +637,7 @@ def _process(job: dict) -> dict:
                              "level": name, "kind": kind, "grade": grades.get(name, "") if kind == "IVD" else "",
                              "file": vol_rel, "index": i, "mid_slice": int(mids[i]), "width_mm": round(width, 2),
                              "levels_source": src.kind})
-        issues = [redact(s, secret) for s in sv.issues]
+        issues = [redact(s, secret, words=True) for s in sv.issues]
         if job.get("qc"):
             qc_figure(os.path.join(job["cohort"], "qc", f"{key}.png"), scan, levels, sv, title=f"{key}")
         from . import atomic
@@ -640,7 +647,7 @@ def _process(job: dict) -> dict:
                            "config": job["config"]})
         res.update(status="ok", n_vb=int(sv.vb_present.sum()), n_ivd=int(sv.ivd_present.sum()), issues=issues)
     except SpineSSLError as e:
-        res.update(error_type=type(e).__name__, message=redact(str(e), secret))
+        res.update(error_type=type(e).__name__, message=redact_error(e, secret))
         if e.path and os.path.exists(e.path):
             res["file"] = redact(os.path.relpath(e.path, job["root"]) if job.get("root") else e.path, secret)
         if job.get("debug"):

@@ -118,10 +118,24 @@ def identifiers(headers) -> set[str]:
     return out
 
 
-def redact(text: str, secrets_: set[str]) -> str:
+def redact(text: str, secrets_: set[str], words: bool = False) -> str:
+    """Replace identifiers by ``<redacted>`` (anywhere in ``text``: use for paths).  With
+    ``words`` (for messages SpineSSL wrote, such as an error's cause) purely alphabetic ones
+    (name parts such as 'DOE') are replaced only where they are not inside a longer word, so
+    "does" stays readable."""
     for s in sorted(secrets_, key=len, reverse=True):
-        text = re.sub(re.escape(s), "<redacted>", text, flags=re.IGNORECASE)
+        pat = re.escape(s)
+        if words and s.isalpha():
+            pat = rf"(?<![^\W\d_]){pat}(?![^\W\d_])"
+        text = re.sub(pat, "<redacted>", text, flags=re.IGNORECASE)
     return text
+
+
+def redact_error(e, secrets_: set[str]) -> str:
+    """``str(e)`` of a ``SpineSSLError`` with identifiers redacted: its path anywhere, its cause
+    word-wise (see ``redact``)."""
+    cause = redact(e.cause, secrets_, words=True)
+    return f"{redact(e.path, secrets_)}: {cause}" if e.path else cause
 
 
 def _days(date: str) -> _dt.date | None:
@@ -198,7 +212,7 @@ def _dicom_records(root: Path, cfg: IndexConfig, salt: str, result: IndexResult,
     secret = identifiers(headers)
     for err in result.errors:
         err["file"] = redact(err["file"], secret)
-        err["message"] = redact(err["message"], secret)
+        err["message"] = redact(err["message"], secret, words=True)
     groups: dict[str, list] = {}
     for h in headers:
         groups.setdefault(h.series_uid, []).append(h)
@@ -231,11 +245,11 @@ def _dicom_records(root: Path, cfg: IndexConfig, salt: str, result: IndexResult,
             row["reason"] = reason
         except SpineSSLError as e:
             row["slices"] = len(hs)
-            row["reason"] = redact(e.cause, secret)
+            row["reason"] = redact(e.cause, secret, words=True)
             row["orientation_ok"] = "no"
             result.errors.append({"file": redact(os.path.relpath(e.path or ref.path, root), secret),
                                   "stage": "index", "error_type": type(e).__name__,
-                                  "message": redact(e.cause, secret)})
+                                  "message": redact(e.cause, secret, words=True)})
         rec.is_t2, row["t2_by"] = classify_t2(ref.series_description, ref.echo_time, cfg)
         records.append(rec)
     return records

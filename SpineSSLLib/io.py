@@ -285,6 +285,7 @@ def series_geometry(headers: list, where: str | None = None, spacing_tol: float 
         raise GeometryError("slices are sheared (positions do not follow the slice normal, "
                             "e.g. gantry tilt)", where)
     dr, dc = ref.pixel_spacing  # row spacing, column spacing
+    check_spacing((dc, dr), step, where)
     affine = np.eye(4)
     affine[:3, 0] = rc * dc
     affine[:3, 1] = cc * dr
@@ -298,6 +299,28 @@ def series_geometry(headers: list, where: str | None = None, spacing_tol: float 
             raise GeometryError(f"oblique sagittal: {obl:.1f} deg from true sagittal "
                                 f"(limit {max_oblique_deg:g})", where)
     return SeriesGeometry(headers, affine, normal, step, obl)
+
+
+# Plausible voxel sizes of a spine MR scan (mm); outside them the header is wrong (e.g.
+# PixelSpacing in cm or um) and every later stage would silently work on the wrong scale.
+PIXEL_SPACING_MM = (0.05, 10.0)
+SLICE_SPACING_MM = (0.1, 30.0)
+
+
+def check_spacing(pixel_spacing, slice_spacing: float, where) -> None:
+    """Raise ``GeometryError`` for in-plane (column, row) or slice spacings outside the
+    plausible ranges ``PIXEL_SPACING_MM`` / ``SLICE_SPACING_MM``."""
+    from .errors import GeometryError
+
+    ps = [float(v) for v in pixel_spacing]
+    lo, hi = PIXEL_SPACING_MM
+    if not all(lo <= v <= hi for v in ps):
+        raise GeometryError(f"implausible pixel spacing {'x'.join(f'{v:g}' for v in ps)} mm "
+                            f"(expected {lo:g}..{hi:g} mm; check PixelSpacing)", where)
+    lo, hi = SLICE_SPACING_MM
+    if not lo <= float(slice_spacing) <= hi:
+        raise GeometryError(f"implausible slice spacing {float(slice_spacing):g} mm (expected {lo:g}..{hi:g} mm)",
+                            where)
 
 
 # --------------------------------------------------------------------------------------------
@@ -327,7 +350,12 @@ def _read_pixels(path: str) -> np.ndarray:
     except DicomError:
         raise
     except Exception as e:
-        raise DicomError(f"cannot decode pixel data ({type(e).__name__}: {str(e).splitlines()[0][:120]})", path) from e
+        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None) if "ds" in locals() else None
+        if ts is not None and not ts.is_compressed:
+            ts = None
+        detail = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:120]}"
+        raise DicomError(f"cannot decode pixel data{f' in transfer syntax {ts.name}' if ts else ''} ({detail})",
+                         path) from e
     slope = _float(ds.get("RescaleSlope"))
     icpt = _float(ds.get("RescaleIntercept"))
     out = px.astype(np.float32)
@@ -472,6 +500,7 @@ def read_scan(path, max_oblique_deg: float | None = 30.0) -> Scan:
             from .errors import GeometryError
 
             raise GeometryError("single-slice volume (a 3D sagittal stack is needed)", path)
+        check_spacing(scan.spacing[:2], scan.spacing[2], path)
         return scan
     raise InputError("not a folder of DICOM files nor a NIfTI/NRRD/MHA image", path)
 

@@ -38,8 +38,11 @@ def run(args) -> int:
     from ..detect.infer import usable_levels
 
     out = Path(args.out)
-    refs = C.discover(args.input, args.reference)
+    unreadable = []
+    refs = C.discover(args.input, args.reference, errors=unreadable)
     if not refs:
+        if unreadable:
+            raise unreadable[0][1]
         raise SpineSSLError("no DICOM series or images found", args.input)
     if args.threads:
         import torch
@@ -68,6 +71,8 @@ def run(args) -> int:
             return p.levels, p
 
     rows, errors, preds = [], [], {}
+    for f, e in unreadable:  # file name only: folder names may carry patient identifiers
+        errors.append({"scan": Path(f).name, "stage": "read", "error": type(e).__name__, "message": e.cause})
     for ref in track(refs, desc="detecting", unit="scan"):
         try:
             scan = C.load_scan(ref)

@@ -93,7 +93,13 @@ def config_from_args(args) -> PretrainConfig:
     from ..errors import ConfigError
     from ..train import load_config_file
 
-    cfg = PretrainConfig.from_dict(load_config_file(args.config)) if args.config else PretrainConfig()
+    cfg = PretrainConfig()
+    if args.config:
+        try:  # a typo in the file: the message names the file
+            cfg = PretrainConfig.from_dict(load_config_file(args.config))
+            cfg.build()
+        except ConfigError as e:
+            raise ConfigError(e.cause, e.path or args.config) from None
     if args.resume and (Path(args.out) / "pretrain_config.json").is_file() and not args.config:
         cfg = PretrainConfig.from_dict(json.loads((Path(args.out) / "pretrain_config.json").read_text()))
     if args.preset:
@@ -153,6 +159,22 @@ def make_loss_fn(loss_cfg, alpha, aux_heads: dict):
     return loss_fn
 
 
+def _check_resumable(last: Path, model_cfg) -> None:
+    """Refuse to resume from a checkpoint made for another network (preset or sizes)."""
+    from .. import checkpoint as ckpt
+    from ..errors import CheckpointError
+
+    if not ckpt.exists(last):
+        return
+    saved = (ckpt.read_meta(last).get("config") or {}).get("model")
+    want = json.loads(json.dumps(model_cfg.to_dict()))
+    if isinstance(saved, dict) and saved != want:
+        diff = [f"{k} {saved.get(k)!r} vs {want.get(k)!r}" for k in sorted(set(saved) | set(want))
+                if saved.get(k) != want.get(k)]
+        raise CheckpointError(f"made for another model configuration ({'; '.join(diff[:4])}, checkpoint vs "
+                              "this run); resume with the options it was trained with", last / ckpt.META)
+
+
 def run_pretraining(cohort, out, cfg: PretrainConfig, *, splits_path=None, resume=False, cache_dir=None,
                     evaluate_val: bool = True, progress: bool = True) -> dict:
     """Train; returns a summary dict (also written to OUT/pretrain_summary.json on rank 0)."""
@@ -168,6 +190,8 @@ def run_pretraining(cohort, out, cfg: PretrainConfig, *, splits_path=None, resum
 
     model_cfg, train_cfg, loss_cfg, pair_cfg, aug_cfg = cfg.build()
     out = Path(out)
+    if resume:
+        _check_resumable(out / "last", model_cfg)  # before anything in OUT is rewritten
     info = setup_distributed()
     rows = D.read_vb_table(cohort, model_cfg.aux_heads)
     if splits_path:

@@ -77,8 +77,11 @@ def find_level_file(levels_dir, key: str) -> tuple[str | None, str | None]:
     return None, None
 
 
-def discover(root, levels_dir=None) -> list[CaseRef]:
-    """Every series / image under ``root`` (the levels folder itself is skipped), sorted by key."""
+def discover(root, levels_dir=None, errors: list | None = None) -> list[CaseRef]:
+    """Every series / image under ``root`` (the levels folder itself is skipped), sorted by key.
+
+    A DICOM file whose header cannot be read raises ``DicomError``, unless ``errors`` is given:
+    then ``(file, error)`` is appended to it and the file is left out (batch commands go on)."""
     from ..io import iter_files, read_header
 
     root = Path(root)
@@ -95,7 +98,13 @@ def discover(root, levels_dir=None) -> list[CaseRef]:
             if not any(f.endswith(s) for s in LABELMAP_SUFFIXES):
                 images.append(f)
             continue
-        h = read_header(f)
+        try:
+            h = read_header(f)
+        except SpineSSLError as e:
+            if errors is None:
+                raise
+            errors.append((f, e))
+            continue
         if h is not None:
             series.setdefault(h.series_uid, []).append(h)
     refs = []

@@ -73,6 +73,11 @@ def make_grid(scan: Scan, spacing_mm: float, multiple: int = 16, path=None) -> S
         n = int(np.ceil(n_vox[axis] * sp[axis] / spacing_mm))
         return int(np.ceil(n / multiple) * multiple)
 
+    fov = (n_vox[vert] * sp[vert], n_vox[horiz] * sp[horiz])
+    min_fov = 2 * multiple * spacing_mm  # the network needs >= 2 grid cells at its coarsest level
+    if min(fov) < min_fov:
+        raise GeometryError(f"field of view {fov[0]:.0f} x {fov[1]:.0f} mm is too small for the detector "
+                            f"(at least {min_fov:.0f} mm each way)", path)
     H, W = size(vert), size(horiz)
     M = np.zeros((3, 4))
     # voxel index along the vertical axis = centre + sign * (row - (H-1)/2) * spacing / voxel spacing

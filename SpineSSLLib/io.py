@@ -217,15 +217,37 @@ def obliquity_deg(normal) -> float:
 
 
 def unique_instances(headers: list) -> list:
-    """Drop exact copies of an instance (same SOPInstanceUID, e.g. ``IM0001 (1).dcm``)."""
-    seen, out = set(), []
+    """Drop copies of an instance (same SOPInstanceUID and position, e.g. ``IM0001 (1).dcm``).
+
+    A "copy" whose pixel data differs is not a copy: ``DicomError`` (which file is right
+    cannot be told)."""
+    from .errors import DicomError
+
+    seen, out = {}, []
     for h in headers:
         key = (h.sop_uid, h.rows, h.columns, None if h.ipp is None else tuple(np.round(h.ipp, 3)))
         if h.sop_uid and key in seen:
+            first = seen[key]
+            if not _same_pixel_data(first.path, h.path):
+                raise DicomError(f"two files with the same SOPInstanceUID hold different pixel data "
+                                 f"({os.path.basename(first.path)}, {os.path.basename(h.path)})",
+                                 os.path.dirname(h.path))
             continue
-        seen.add(key)
+        seen[key] = h
         out.append(h)
     return out
+
+
+def _same_pixel_data(a: str, b: str) -> bool:
+    """Whether two DICOM files hold the same PixelData bytes (only read for duplicate instances;
+    unreadable files count as the same here: reading their pixels reports the problem)."""
+    import pydicom
+
+    try:
+        pa, pb = (pydicom.dcmread(p).get("PixelData") for p in (a, b))
+    except Exception:
+        return True
+    return pa == pb
 
 
 def series_geometry(headers: list, where: str | None = None, spacing_tol: float = 0.05,

@@ -2,6 +2,7 @@
 #
 #   make demo   synthetic cohort -> index -> extract -> pretrain -> pair evaluation
 #   make test   the test suite (pytest)
+#   make bench  all benchmarks -> table + docs/performance.md (<= 25 min on 2 cores; bench-quick ~5 min)
 #
 # TORCH chooses the torch build.  The default `torch==2.13.0` is the official wheel: on Linux
 # x86_64 PyPI serves it with CUDA support; machines with a local CPU wheel of that version use it.
@@ -15,7 +16,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.spinessl-installed
 DEMO   ?= demo-output
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test bench bench-quick clean
 
 venv: $(STAMP)
 
@@ -31,6 +32,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 Testing
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+bench-quick: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py --quick
 
 clean:
 	rm -rf $(VENV) $(DEMO)

@@ -1,0 +1,132 @@
+"""The benchmark aggregator (benchmarks/run_all.py) and the scaling cohort builder
+(benchmarks/scaling.py): copies are real, distinct DICOM series that index and extract like the
+originals; the report judges targets from the figures it is given and names every miss."""
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pydicom
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import run_all  # noqa: E402
+import scaling  # noqa: E402
+
+from SpineSSLLib.cli import main as cli  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def one_subject(tmp_path_factory):
+    d = tmp_path_factory.mktemp("scal") / "synth"
+    assert cli(["-q", "synth", str(d), "--preset", "tiny", "--subjects", "1", "--seed", "3", "--workers", "1"]) == 0
+    return d
+
+
+def test_scaling_copies_are_new_series_that_index_and_extract(one_subject, tmp_path):
+    src = scaling.source_series(one_subject)
+    n_src = sum(len(v) for v in src)
+    src_hdr = [pydicom.dcmread(f, stop_before_pixels=True) for f in (one_subject / "dicom").rglob("*") if f.is_file()]
+    orig, orig_pid = {h.SeriesInstanceUID for h in src_hdr}, {h.PatientID for h in src_hdr}
+    assert len(orig) == n_src
+    n = n_src + 1  # forces a second copy of the subject
+    scans = scaling.write_pool(src, tmp_path / "pool", n)
+    assert len(scans) == n
+    root = tmp_path / "root"
+    scaling.link_cohort(tmp_path / "pool", scans, root)
+    files = sorted(f for f in root.rglob("*") if f.is_file())
+    assert len(files) == sum(len(v["names"]) for vs in src for v in vs) + len(src[0][0]["names"])
+    hdr = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    series = {h.SeriesInstanceUID for h in hdr}
+    assert len(series) == n and not series & orig
+    assert len({h.SOPInstanceUID for h in hdr}) == len(files)
+    assert not {h.PatientID for h in hdr} & orig_pid
+    # the truth file of each copy is found under its new SeriesInstanceUID and names it
+    for uid in series:
+        t = json.loads((tmp_path / "pool" / "truth" / f"{uid}.json").read_text())
+        assert t["series_instance_uid"] == uid
+    # pixels are the original's
+    a = pydicom.dcmread(files[0]).pixel_array
+    rel = files[0].relative_to(root)
+    src_visit = [v for vs in src for v in vs if str(v["truth"]["visit"]) == rel.parts[1]][0]
+    assert (a == src_visit["datasets"][src_visit["names"].index(rel.name)].pixel_array).all()
+
+    w, c = scaling.timed_cli(["index", str(root), "--out", str(tmp_path / "C")])
+    assert w > 0 and c > 0
+    with open(tmp_path / "C" / "series.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sum(r["status"] == "selected" for r in rows) == n
+    assert len({r["subject_key"] for r in rows}) == 2  # one subject copied twice
+    scaling.timed_cli(["extract", str(tmp_path / "C"), "--levels", f"truth:{tmp_path / 'pool' / 'truth'}",
+                       "--limit", "1"])
+    with open(tmp_path / "C" / "scans.csv", newline="") as f:
+        assert [r["status"] for r in csv.DictReader(f)].count("ok") == 1
+    with pytest.raises(RuntimeError, match="exited 2"):
+        scaling.timed_cli(["extract", str(tmp_path / "nothing-here"), "--levels", f"truth:{tmp_path}"])
+
+
+def test_growth_exponent_and_repeats():
+    assert scaling.slope([10, 100, 1000], [0.5, 5.0, 50.0]) == pytest.approx(1.0)
+    assert scaling.slope([10, 100, 1000], [1.0, 100.0, 10000.0]) == pytest.approx(2.0)
+    assert scaling.slope([10], [1.0]) is None
+    assert [scaling.repeats_for(n, 3) for n in (10, 100, 1000)] == [3, 2, 1]
+
+
+def _result(extract_ratio=1.2, input_vs_model=12.0, grade_s=2.4, grade_frac=0.45, exponent=1.02):
+    sizes = [{"scans": n, "repeats": 1, "index_wall_median_s": 0.05 * n, "index_cpu_median_s": 0.03 * n,
+              "extract_wall_median_s": 0.9 * n, "extract_cpu_median_s": 0.5 * n, "index_wall_per_scan_s": 0.05,
+              "extract_wall_per_scan_s": 0.9, "extract_cpu_per_scan_s": 0.5} for n in (10, 100)]
+    return {
+        "mode": "quick", "command": "make bench-quick", "config": dict(run_all.QUICK), "started": "2026-11-26 03:00",
+        "finished": "2026-11-26 03:05", "total_minutes": 4.0, "load_start": [3.0, 2.0, 1.0], "load_end": [2.0, 2.0, 1.0],
+        "machine": {"cpu": "Test CPU", "cores": 2, "torch_threads": 2, "python": "3.11", "torch": "2.x"},
+        "errors": [],
+        "extract_speed": {"sizes": [{"series": "15 x 512 x 512", "repeats": 3, "pydicom_read_s": 0.1,
+                                     "spinessl_read_s": 0.2, "extract_s": 0.1 * extract_ratio, "save_s": 0.7,
+                                     "ratio_extract_over_pydicom_read": extract_ratio}]},
+        "grade_latency": {"threads": 2, "gflop_per_disc": 22.2, "matmul_gflops": 100.0, "torch_6disc_s": grade_s,
+                          "torch_gflops": 100.0 * grade_frac, "torch_fraction_of_matmul": grade_frac},
+        "training": {"cohort_vb_volumes": 700, "cohort_subjects": 60, "threads": 2, "batch_pairs": 16,
+                     "loader_workers": 1, "repeats": 2, "steps_per_repeat": 1, "matmul_gflops_median": 100.0,
+                     "small_step_s": 8.0, "small_model_pairs_per_s": 2.0, "small_model_gflops_per_s": 2.7,
+                     "small_fraction_of_matmul": 0.027, "input_pairs_per_s": 2.0 * input_vs_model,
+                     "input_vs_model": input_vs_model, "input_vs_model_per_repeat": [input_vs_model]},
+        "scaling": {"sizes": sizes, "workers": 2, "source_series": 5, "index_wall_exponent": 1.0,
+                    "index_cpu_exponent": 1.0, "extract_wall_exponent": exponent, "extract_cpu_exponent": exponent,
+                    "index_cpu_exponent_upper": 1.0, "extract_cpu_exponent_upper": exponent},
+    }
+
+
+def test_report_names_every_missed_target(tmp_path):
+    gdir = tmp_path / "gpu"
+    gdir.mkdir()
+    (gdir / "pretrain_bench_gpu.json").write_text(json.dumps({
+        "machine": {"gpu": "NVIDIA H100 80GB HBM3", "cpu": "Xeon", "cores": 16, "torch": "2.x"},
+        "model_only_paper_cuda": {"batch_pairs": 32, "step_s": 0.1, "pairs_per_s": 320.0, "model_gflops_per_s": 85e3,
+                                  "mfu": 0.086, "peak_bf16_tflops": 989.0},
+        "input_vs_model_paper_cuda": 0.5, "input_pipeline_paper_cuda": {"pairs_per_s": 160.0, "workers": 8}}))
+    r = _result(grade_s=2.4, grade_frac=0.45, exponent=1.3)
+    r["gpu"] = run_all.gpu_results(gdir)
+    assert r["gpu"][0]["date"]
+    rows = run_all.build_rows(r)
+    met = {x["quantity"]: x["met"] for x in rows}
+    assert met["extraction ÷ pydicom read, 15 x 512 x 512 series"] is True
+    assert met["input pipeline ÷ model-only pairs/s (small, CPU)"] is True
+    assert met["grading latency, 6 discs, paper, CPU, no TTA"] is False
+    assert met["grading GFLOP/s ÷ fp32 matmul GFLOP/s"] is False
+    assert [m for q, m in met.items() if q.startswith("extract time growth")] == [False]
+    assert met["benchmark run time (quick)"] is None  # the quick run has no time target
+    md = run_all.markdown(r, rows)
+    missed = md.split("## Targets missed")[1].split("##")[0]
+    assert "grading latency, 6 discs" in missed and "2.40 s" in missed and "45 %" not in missed
+    assert "45%" in missed and "extract time growth" in missed and "1.30" in missed
+    assert "extraction ÷ pydicom" not in missed
+    assert "NVIDIA H100 80GB HBM3" in md and "8.6%" in md and "0.50×" in md
+    assert "Test CPU" in md and "[3.0, 2.0, 1.0]" in md and "make bench-quick" in md
+    r2 = dict(_result(grade_s=1.0, grade_frac=0.7, exponent=1.0), gpu=[])
+    md2 = run_all.markdown(r2, run_all.build_rows(r2))
+    assert md2.split("## Targets missed")[1].split("##")[0].strip() == "- none"
+    assert "No GPU results yet" in md2

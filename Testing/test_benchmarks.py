@@ -80,7 +80,7 @@ def _result(extract_ratio=1.2, input_vs_model=12.0, grade_s=2.4, grade_frac=0.45
               "extract_wall_median_s": 0.9 * n, "extract_cpu_median_s": 0.5 * n, "index_wall_per_scan_s": 0.05,
               "extract_wall_per_scan_s": 0.9, "extract_cpu_per_scan_s": 0.5} for n in (10, 100)]
     return {
-        "mode": "quick", "command": "make bench-quick", "config": dict(run_all.QUICK), "started": "2026-11-26 03:00",
+        "mode": "quick", "command": ".venv/bin/python benchmarks/run_all.py --quick", "make": "make bench-quick", "config": dict(run_all.QUICK), "started": "2026-11-26 03:00",
         "finished": "2026-11-26 03:05", "total_minutes": 4.0, "load_start": [3.0, 2.0, 1.0], "load_end": [2.0, 2.0, 1.0],
         "machine": {"cpu": "Test CPU", "cores": 2, "torch_threads": 2, "python": "3.11", "torch": "2.x"},
         "errors": [],
@@ -108,9 +108,10 @@ def test_report_names_every_missed_target(tmp_path):
         "model_only_paper_cuda": {"batch_pairs": 32, "step_s": 0.1, "pairs_per_s": 320.0, "model_gflops_per_s": 85e3,
                                   "mfu": 0.086, "peak_bf16_tflops": 989.0},
         "input_vs_model_paper_cuda": 0.5, "input_pipeline_paper_cuda": {"pairs_per_s": 160.0, "workers": 8}}))
+    (gdir / "P_fit.json").write_text(json.dumps({"best_epoch": 1}))  # other gpu_check.sh output: listed only
     r = _result(grade_s=2.4, grade_frac=0.45, exponent=1.3)
     r["gpu"] = run_all.gpu_results(gdir)
-    assert r["gpu"][0]["date"]
+    assert [g.get("other", False) for g in r["gpu"]] == [True, False] and r["gpu"][1]["date"]
     rows = run_all.build_rows(r)
     met = {x["quantity"]: x["met"] for x in rows}
     assert met["extraction ÷ pydicom read, 15 x 512 x 512 series"] is True
@@ -124,7 +125,9 @@ def test_report_names_every_missed_target(tmp_path):
     assert "grading latency, 6 discs" in missed and "2.40 s" in missed and "45 %" not in missed
     assert "45%" in missed and "extract time growth" in missed and "1.30" in missed
     assert "extraction ÷ pydicom" not in missed
-    assert "NVIDIA H100 80GB HBM3" in md and "8.6%" in md and "0.50×" in md
+    assert "NVIDIA H100 80GB HBM3" in md and "8.6%" in md and "0.50×" in md and "`P_fit.json`" not in md
+    assert "input pipeline ÷ model-only pairs/s (paper, NVIDIA H100 80GB HBM3, GPU file)" in missed
+    assert "P_fit.json" in md.split("## GPU")[1]
     assert "Test CPU" in md and "[3.0, 2.0, 1.0]" in md and "make bench-quick" in md
     r2 = dict(_result(grade_s=1.0, grade_frac=0.7, exponent=1.0), gpu=[])
     md2 = run_all.markdown(r2, run_all.build_rows(r2))

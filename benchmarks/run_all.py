@@ -136,12 +136,19 @@ def loadavg() -> list[float]:
 
 
 def gpu_results(folder=None) -> list[dict]:
+    """pretrain_bench.py --gpu-only result files in ``folder`` (other files there, e.g. the rest of
+    gpu_check.sh's output, are listed under ``other``)."""
     out = []
-    for p in sorted(glob.glob(str(Path(folder or ROOT / "benchmarks" / "results" / "gpu") / "*.json"))):
+    for p in sorted(glob.glob(str(Path(folder or ROOT / "benchmarks" / "results" / "gpu") / "*"))):
+        if not os.path.isfile(p):
+            continue
         try:
-            d = json.loads(Path(p).read_text())
+            d = json.loads(Path(p).read_text()) if p.endswith(".json") else None
         except (OSError, ValueError) as e:
             out.append({"file": _rel(p), "error": str(e)})
+            continue
+        if not isinstance(d, dict) or not any(k.endswith("_cuda") for k in d):
+            out.append({"file": _rel(p), "other": True})
             continue
         date = d.get("date")
         if not date:  # committed file: the commit date; else the file's modification time
@@ -200,11 +207,18 @@ def build_rows(r: dict) -> list[dict]:
                 f"({tr['paper_model_gflops_per_s']:.1f} GFLOP/s = {tr['paper_fraction_of_matmul']:.0%} of matmul)")
     for g in r.get("gpu", []):
         d = g.get("data") or {}
+        gpu = d.get("machine", {}).get("gpu") or (d.get("model_only_paper_cuda") or {}).get("gpu") or "GPU"
         p = d.get("model_only_paper_cuda")
         if p:
-            gpu = p.get("gpu") or d.get("machine", {}).get("gpu", "GPU")
-            add(f"training step, paper, {gpu}, {p['batch_pairs']} pairs (GPU file)", f"{p['step_s'] * 1000:.0f} ms, "
-                f"MFU {_f(p.get('mfu'), '{:.0%}')}", note=g["file"])
+            add(f"training step, paper, {p['batch_pairs']} pairs, {gpu} (GPU file)", f"{p['step_s'] * 1000:.0f} ms, "
+                f"MFU {_f(p.get('mfu'), '{:.1%}')}", note=g["file"])
+        for k in ("paper", "small"):
+            q = d.get(f"input_vs_model_{k}_cuda")
+            ip, mo = d.get(f"input_pipeline_{k}_cuda") or {}, d.get(f"model_only_{k}_cuda") or {}
+            if q is not None:
+                add(f"input pipeline ÷ model-only pairs/s ({k}, {gpu}, GPU file)",
+                    f"{q:.2f}× ({_f(ip.get('pairs_per_s'), '{:.0f}')} vs {_f(mo.get('pairs_per_s'), '{:.0f}')} pairs/s)",
+                    "≥ 0.9×", q >= 0.9, note=g["file"])
     sc = r.get("scaling")
     if sc:
         for s in sc["sizes"]:
@@ -243,7 +257,7 @@ def markdown(r: dict, rows: list[dict]) -> str:
          "(interleaved where the script allows), so the machine's other load affects both sides alike. "
          "Targets are those of issue #9.", "",
          "## Run", "",
-         f"- command: `{r['command']}` ({r['mode']} run)",
+         f"- command: `{r['command']}`" + (f" (= `{r['make']}`)" if r.get("make") else "") + f", {r['mode']} run",
          f"- date: {r['started']} → {r['finished']} UTC ({r['total_minutes']:.1f} min)",
          f"- machine: {m['cpu']}, {m['cores']} cores, {m.get('memory_gib', '?')} GiB; "
          f"{m.get('gpu') or 'no GPU'}",
@@ -339,7 +353,8 @@ def markdown(r: dict, rows: list[dict]) -> str:
               + ". The target is judged on CPU time, which the other load on this shared machine does not "
               "change; wall time is shown beside it.", ""]
     L += ["## GPU", ""]
-    gpus = r.get("gpu", [])
+    gpus = [g for g in r.get("gpu", []) if not g.get("other")]
+    others = [g["file"] for g in r.get("gpu", []) if g.get("other")]
     if not gpus:
         L += ["No GPU results yet: `benchmarks/results/gpu/` holds no JSON. On a CUDA machine run "
               "`benchmarks/gpu_check.sh OUT` (or `benchmarks/pretrain_bench.py C --gpu-only --json "
@@ -351,7 +366,7 @@ def markdown(r: dict, rows: list[dict]) -> str:
             continue
         gm = d.get("machine", {})
         name = gm.get("gpu") or (d.get("model_only_paper_cuda") or {}).get("gpu") or "unknown GPU"
-        L += [f"### {name} — `{g['file']}` ({g['date']})", "",
+        L += [f"### {name} — `{g['file']}` (file date {g['date']})", "",
               f"Measured on another machine ({gm.get('cpu', '?')}, {gm.get('cores', '?')} cores, torch "
               f"{gm.get('torch', '?')}) by `benchmarks/pretrain_bench.py --gpu-only`; not comparable with "
               "the CPU figures above.", "",
@@ -380,6 +395,9 @@ def markdown(r: dict, rows: list[dict]) -> str:
         if any(v is not None for v in q):
             L.append(f"| input ÷ model (target ≥ 0.9×) | {_f(q[0], '{:.2f}×')} | {_f(q[1], '{:.2f}×')} |")
         L.append("")
+    if others:
+        L += ["Other files in that folder (the rest of `benchmarks/gpu_check.sh`'s output; not summarised "
+              "here): " + ", ".join(f"`{o}`" for o in others) + ".", ""]
     L += ["## Reproduce", "", "```", r["command"], "```", "",
           f"The JSON behind this page: `{r.get('json', 'benchmarks/results/bench_cpu.json')}`. Quick version (about 5 min, "
           "fewer repeats, 10/100 scans): `make bench-quick`.", ""]
@@ -423,10 +441,11 @@ def main(argv=None) -> int:
     if args.sizes:
         cfg["sizes"] = args.sizes
     mode = "quick" if args.quick else "full"
-    cmd = "make bench-quick" if args.quick and not args.sizes else "make bench" if not args.sizes else \
-        f".venv/bin/python benchmarks/run_all.py{' --quick' if args.quick else ''} --sizes {args.sizes}"
+    cmd = ".venv/bin/python benchmarks/run_all.py" + (" --quick" if args.quick else "") + \
+        (f" --sizes {args.sizes}" if args.sizes else "")
+    alias = None if args.sizes else "make bench-quick" if args.quick else "make bench"
     started = dt.datetime.now(dt.timezone.utc)
-    r = {"mode": mode, "command": os.environ.get("SPINESSL_BENCH_COMMAND", cmd), "config": cfg,
+    r = {"mode": mode, "command": cmd, "make": alias, "config": cfg,
          "started": started.strftime("%Y-%m-%d %H:%M"), "load_start": loadavg(), "errors": [],
          "json": _rel(args.json)}
     t_start = time.perf_counter()

@@ -7,8 +7,12 @@ A checkpoint is a folder::
     training.safetensors   optional: optimizer tensors (momentum buffers) and RNG states
     training.json          optional: optimizer hyper-parameters, scheduler / loop state, RNG
 
-Every file is written atomically; ``checkpoint.json`` is written last and records the SHA-256
-of the other files, so a half-written checkpoint is detected on load (``CheckpointError``).
+The whole folder is replaced atomically: a new checkpoint is written into a hidden sibling
+``.<name>.partial-*`` and swapped in by two renames (old folder -> ``.<name>.old``, new folder ->
+``<name>``).  A run killed at any moment therefore leaves either the previous checkpoint or the new
+one: if it died between the two renames, loading falls back to ``.<name>.old`` (and the next save
+tidies up).  ``checkpoint.json`` is written last and records the SHA-256 of the other files, so a
+file damaged later is still detected on load (``CheckpointError``).
 Loading reads tensors with ``safetensors`` and metadata with ``json`` only: nothing is
 unpickled.
 """
@@ -19,6 +23,8 @@ import hashlib
 import json
 import os
 import random
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,7 +33,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .atomic import atomic_path, write_json
+from .atomic import _umask, atomic_path, write_json
 from .errors import CheckpointError
 
 SCHEMA = "spinessl.checkpoint/1"
@@ -141,8 +147,53 @@ def save_checkpoint(directory, model: nn.Module, config_dict: dict, *, epoch: in
     "num_classes": 7, "in_hw": [224, 224], "task": "pretrain"}``); ``train_state`` is JSON for
     the training loop (scheduler, best loss, ...); ``rng=True`` stores all RNG states so a resumed
     run continues exactly.  Returns the folder."""
+    final = Path(directory)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    d = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    try:
+        _write_checkpoint(d, model, config_dict, epoch=epoch, metrics=metrics, optimizer=optimizer,
+                          train_state=train_state, rng=rng, extra=extra)
+        _swap_in(d, final)
+    except BaseException:
+        shutil.rmtree(d, ignore_errors=True)
+        raise
+    return final
+
+
+def _old(d: Path) -> Path:
+    return d.with_name(f".{d.name}.old")
+
+
+def _swap_in(new: Path, final: Path) -> None:
+    """Replace the folder ``final`` by the complete folder ``new`` (two renames; see the module
+    docstring).  Files in ``final`` that are not part of a checkpoint (a model card...) are kept."""
+    old = _old(final)
+    if final.is_dir():
+        for p in final.iterdir():
+            if p.name not in (META, WEIGHTS, TRAIN_T, TRAIN_J):
+                (shutil.copytree if p.is_dir() else shutil.copy2)(p, new / p.name)
+        if old.exists():  # a stale copy from an earlier interrupted save; final is complete
+            shutil.rmtree(old)
+        os.replace(final, old)
+    elif final.exists():
+        raise CheckpointError("exists and is not a folder", final)
+    os.chmod(new, 0o777 & ~_umask())  # mkdtemp makes 0700
+    os.replace(new, final)
+    shutil.rmtree(old, ignore_errors=True)
+    for stale in final.parent.glob(f".{final.name}.partial-*"):  # left by a killed save
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _resolve(directory) -> Path:
+    """The folder holding the checkpoint: ``directory``, or its ``.old`` twin when a save was
+    interrupted between its two renames."""
     d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
+    if not (d / META).is_file() and (_old(d) / META).is_file():
+        return _old(d)
+    return d
+
+
+def _write_checkpoint(d: Path, model, config_dict, *, epoch, metrics, optimizer, train_state, rng, extra) -> None:
     hashes = {WEIGHTS: _save_tensors(d / WEIGHTS, model_state(model))}
     if optimizer is not None or train_state is not None or rng:
         tensors, js = {}, {"train_state": train_state or {}}
@@ -157,21 +208,16 @@ def save_checkpoint(directory, model: nn.Module, config_dict: dict, *, epoch: in
         hashes[TRAIN_T] = _save_tensors(d / TRAIN_T, tensors)
         write_json(d / TRAIN_J, js)
         hashes[TRAIN_J] = _sha256(d / TRAIN_J)
-    else:  # a weights-only checkpoint must not pair with stale training files
-        for name in (TRAIN_T, TRAIN_J):
-            if (d / name).exists():
-                (d / name).unlink()
     meta = {"schema": SCHEMA, "code_version": __version__, "created_unix": int(time.time()),
             "config": config_dict, "epoch": epoch, "metrics": metrics or {}, "files": hashes}
     if extra:
         meta["extra"] = extra
     write_json(d / META, meta)
-    return d
 
 
 def read_meta(directory) -> dict:
     """The ``checkpoint.json`` of a checkpoint folder, validated."""
-    p = Path(directory) / META
+    p = _resolve(directory) / META
     if not p.is_file():
         raise CheckpointError(f"not a SpineSSL checkpoint ({META} missing)", directory)
     try:
@@ -195,7 +241,7 @@ def _verify(d: Path, meta: dict, name: str) -> None:
 
 def load_weights(directory, device: str = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
     """``(state_dict, meta)`` of a checkpoint, verified against its recorded hash."""
-    d = Path(directory)
+    d = _resolve(directory)
     meta = read_meta(d)
     _verify(d, meta, WEIGHTS)
     return _load_tensors(d / WEIGHTS, device), meta
@@ -205,7 +251,7 @@ def load_checkpoint(directory, model: nn.Module | None = None, optimizer: torch.
                     *, restore_rng_state: bool = False, strict: bool = True, device: str = "cpu") -> dict:
     """Load a checkpoint into ``model`` (and ``optimizer``; RNG when asked).  Returns the metadata
     dict with ``train_state`` added when the checkpoint has training state."""
-    d = Path(directory)
+    d = _resolve(directory)
     state, meta = load_weights(d, device)
     if model is not None:
         target = model
@@ -244,11 +290,11 @@ def load_checkpoint(directory, model: nn.Module | None = None, optimizer: torch.
 
 
 def exists(directory) -> bool:
-    return (Path(directory) / META).is_file()
+    return (_resolve(directory) / META).is_file()
 
 
 def remove(directory) -> None:
-    d = Path(directory)
-    for name in (META, WEIGHTS, TRAIN_T, TRAIN_J):
-        if (d / name).exists():
-            os.unlink(d / name)
+    for d in (Path(directory), _old(Path(directory))):
+        for name in (META, WEIGHTS, TRAIN_T, TRAIN_J):
+            if (d / name).exists():
+                os.unlink(d / name)

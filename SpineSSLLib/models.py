@@ -49,6 +49,16 @@ class ModelConfig:
     input_scale: float = 1.0
     dropout: float = 0.5
     lrn: bool = True
+    standardize: bool = True
+    """Z-score each input volume (mean 0, s.d. 1 over its 9 slices) before conv1, so the network
+    sees the same scale whatever the scanner's intensity range (MONAI ``NormalizeIntensity``)."""
+    fc7_gain: float = 0.1
+    fc8_gain: float = 10.0
+    """Initialisation gains of the embedding layer and of the heads on it (their product is 1, so
+    the logits start at the scale plain He initialisation gives).  fc7 starts small so pair
+    distances begin inside the contrastive margin; the heads start large so their logits are of
+    unit scale on that small embedding.  With both at 1 the level loss stayed at ln 7 for whole
+    short runs (measured, docs/pretraining.md)."""
     aux_heads: dict = field(default_factory=dict)
     """Optional extra heads on fc7, name -> number of classes (e.g. {"sex": 2}); off by default."""
 
@@ -67,6 +77,8 @@ class ModelConfig:
             raise ConfigError(f"model input_scale must be in (0, 1], got {self.input_scale}")
         if self.fc6 < 1 or self.fc7 < 1:
             raise ConfigError("model fc6/fc7 sizes must be positive")
+        if self.fc7_gain <= 0 or self.fc8_gain <= 0:
+            raise ConfigError("fc7_gain and fc8_gain must be positive")
         if not (0 <= self.dropout < 1):
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -131,6 +143,15 @@ class Trunk(nn.Module):
         return F.max_pool2d(x, 2)
 
 
+def standardize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Per-volume z-score of a ``(B, 1, D, H, W)`` batch, computed in float32 (also under
+    autocast); a constant volume maps to zeros."""
+    xf = x.float()
+    mean = xf.mean(dim=(1, 2, 3, 4), keepdim=True)
+    std = xf.std(dim=(1, 2, 3, 4), keepdim=True)
+    return ((xf - mean) / (std + eps)).to(x.dtype)
+
+
 class VGGMNet(nn.Module):
     """Volume classifier/embedder.  ``forward(x) -> (embedding fc7, logits fc8)``.
 
@@ -154,28 +175,34 @@ class VGGMNet(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """He initialisation (ReLU gain) so activations keep their scale through the 7 layers
-        before fc7; PyTorch's default shrinks them and the contrastive loss then starts from
-        collapsed embeddings."""
+        """He initialisation (ReLU gain, fan-in) so activations keep their scale through the 7
+        layers before fc7 (PyTorch's default, and fan-out mode, shrink them ~5x by fc7); then the
+        ``fc7_gain`` / ``fc8_gain`` rescaling of the embedding and its heads (see ModelConfig)."""
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Conv3d)):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Linear):
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
         for head in [self.fc8, *self.aux.values()]:   # linear heads: unit gain (no ReLU follows)
             nn.init.kaiming_normal_(head.weight, mode="fan_in", nonlinearity="linear")
+        with torch.no_grad():
+            self.fc7.weight.mul_(self.config.fc7_gain)
+            for head in [self.fc8, *self.aux.values()]:
+                head.weight.mul_(self.config.fc8_gain)
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 5 or x.shape[1] != 1 or x.shape[2] != DEPTH:
             raise ValueError(f"expected input (B, 1, {DEPTH}, H, W), got {tuple(x.shape)}")
         hw = tuple(x.shape[-2:])
-        if hw == self.net_hw:
-            return x
-        if hw != self.in_hw:
-            raise ValueError(f"expected in-plane size {self.in_hw} or {self.net_hw}, got {hw}")
-        return F.adaptive_avg_pool3d(x, (DEPTH, *self.net_hw))
+        if hw != self.net_hw:
+            if hw != self.in_hw:
+                raise ValueError(f"expected in-plane size {self.in_hw} or {self.net_hw}, got {hw}")
+            x = F.adaptive_avg_pool3d(x, (DEPTH, *self.net_hw))
+        if self.config.standardize:
+            x = standardize(x)
+        return x
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         f = self.trunk(self.prepare_input(x)).flatten(1)

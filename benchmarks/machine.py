@@ -33,12 +33,13 @@ def describe() -> dict:
     return d
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
-    """Median GFLOP/s of an n x n fp32 matrix product (the CPU's practical peak for our work)."""
+def matmul_gflops(n: int = 2048, repeats: int = 5, device: str = "cpu", dtype=None) -> float:
+    """Median GFLOP/s of an n x n matrix product (fp32 by default: the CPU's practical peak for our
+    work; on a GPU pass ``dtype=torch.bfloat16`` and a large ``n`` for the tensor-core rate)."""
     import torch
 
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     a @ b  # warm-up
     times = []
     for _ in range(repeats):

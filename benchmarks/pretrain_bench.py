@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0, "V100": 125.0}
 
 
-def model_only(preset_cfg, device, batch: int, steps: int, dtype=None) -> dict:
+def model_only(preset_cfg, device, batch: int, steps: int, dtype=None, compile: bool = False,
+               channels_last: bool = False, patch=None) -> dict:
     import contextlib
 
     import torch
@@ -39,12 +40,15 @@ def model_only(preset_cfg, device, batch: int, steps: int, dtype=None) -> dict:
 
     torch.manual_seed(0)
     net = M.VGGMNet(preset_cfg, 7).to(device)
-    if device.type == "cuda":
+    if device.type == "cuda" and channels_last:
         M.to_channels_last(net)
+    if patch is not None:
+        patch(net)
     model = M.SiameseNet(net).train()
+    fwd = torch.compile(model) if compile else model
     opt = torch.optim.SGD(model.parameters(), lr=1e-5, momentum=0.9, weight_decay=5e-4)
     hw = preset_cfg.net_hw((224, 224))
-    fmt = torch.channels_last_3d if device.type == "cuda" else torch.contiguous_format
+    fmt = torch.channels_last_3d if device.type == "cuda" and channels_last else torch.contiguous_format
     a = torch.randn(batch, 1, 9, *hw, device=device).contiguous(memory_format=fmt)
     b = torch.randn(batch, 1, 9, *hw, device=device).contiguous(memory_format=fmt)
     y = (torch.arange(batch, device=device) % 2).float()
@@ -54,7 +58,7 @@ def model_only(preset_cfg, device, batch: int, steps: int, dtype=None) -> dict:
     def step():
         amp = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
         with amp:
-            ea, eb, la, lb = model(a, b)
+            ea, eb, la, lb = fwd(a, b)
             loss = pretrain_loss(ea, eb, la, lb, y, lev, cfg)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -75,7 +79,8 @@ def model_only(preset_cfg, device, batch: int, steps: int, dtype=None) -> dict:
             "model_gflops_per_s": flops_per_step / dt / 1e9, "gflops_per_volume_fwd": 2 * macs / 1e9}
 
 
-def input_pipeline(cohort, rows, net_hw, batch: int, workers: int, max_batches: int, augment: bool) -> dict:
+def input_pipeline(cohort, rows, net_hw, batch: int, workers: int, max_batches: int, augment: bool,
+                   device=None) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
@@ -83,22 +88,29 @@ def input_pipeline(cohort, rows, net_hw, batch: int, workers: int, max_batches: 
 
     cache = D.VolumeCache(cohort, rows, net_hw, progress=False)
     sampler = D.PairSampler(rows, D.PairConfig(), seed=0)
+    device = device or torch.device("cpu")
+    cuda = device.type == "cuda"
     loader = DataLoader(D.PairDataset(rows, cache), sampler=sampler, batch_size=batch, num_workers=workers,
-                        persistent_workers=False)
+                        persistent_workers=False, pin_memory=cuda)
     aug = D.PairAugment(D.AugmentConfig(), net_hw) if augment else None
     if aug is not None:  # warm-up: MONAI imports and first-call set-up are not throughput
-        x = torch.zeros(1, 1, 9, *net_hw)
+        x = torch.zeros(1, 1, 9, *net_hw, device=device)
         aug({"a": x, "b": x})
     n, t0 = 0, time.perf_counter()
     for i, bt in enumerate(loader):
+        if cuda:
+            bt = {k: v.to(device, non_blocking=True) for k, v in bt.items()}
         if aug is not None:
             with torch.no_grad():
                 bt = aug(bt)
         n += bt["a"].shape[0]
         if i + 1 >= max_batches:
             break
+    if cuda:
+        torch.cuda.synchronize()
     dt = time.perf_counter() - t0
-    return {"pairs": n, "seconds": dt, "pairs_per_s": n / dt, "workers": workers, "augment": augment}
+    return {"pairs": n, "seconds": dt, "pairs_per_s": n / dt, "workers": workers, "augment": augment,
+            "device": device.type, "net_hw": list(net_hw)}
 
 
 def main(argv=None) -> int:
@@ -113,6 +125,9 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--peak-tflops", type=float, help="GPU dense bf16 peak for MFU (default by name)")
     ap.add_argument("--json", help="write the results here (default OUT/pretrain_bench.json)")
+    ap.add_argument("--gpu-only", action="store_true",
+                    help="CUDA rows only: paper/small model-only step time, pairs/s, MFU, and the input "
+                         "pipeline feeding the GPU (no CPU training run)")
     args = ap.parse_args(argv)
 
     import torch
@@ -132,6 +147,8 @@ def main(argv=None) -> int:
     rows = D.read_vb_table(args.cohort)
     small = ModelConfig.preset("small")
     cpu = torch.device("cpu")
+    if args.gpu_only:
+        return _gpu_rows(args, res, rows, small)
     res["model_only_small_cpu"] = model_only(small, cpu, args.batch, args.steps)
     res["model_only_small_cpu"]["fraction_of_matmul"] = res["model_only_small_cpu"]["model_gflops_per_s"] / res["cpu_matmul_gflops"]
     nb = max(3, 96 // args.batch)
@@ -154,19 +171,54 @@ def main(argv=None) -> int:
                                            "n_negative_pairs")}
 
     if torch.cuda.is_available():
-        gpu = torch.device("cuda")
-        name = torch.cuda.get_device_name(0)
-        peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
-        r = model_only(ModelConfig.preset("paper"), gpu, 32, 10, torch.bfloat16)
-        r["gpu"] = name
-        r["mfu"] = r["model_gflops_per_s"] / 1e3 / peak if peak else None
-        r["peak_bf16_tflops"] = peak
-        res["model_only_paper_cuda"] = r
-        res["model_only_small_cuda"] = model_only(small, gpu, 32, 10, torch.bfloat16)
+        _cuda_model_rows(args, res, small)
 
     from SpineSSLLib.atomic import write_json
 
     write_json(args.json or out / "pretrain_bench.json", res)
+    print(json.dumps({k: v for k, v in res.items() if k not in ("presets",)}, indent=2, default=str))
+    return 0
+
+
+def _cuda_model_rows(args, res, small) -> None:
+    import torch
+
+    from SpineSSLLib.models import ModelConfig
+
+    gpu = torch.device("cuda")
+    name = torch.cuda.get_device_name(0)
+    peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+    r = model_only(ModelConfig.preset("paper"), gpu, 32, 10, torch.bfloat16)
+    r["gpu"] = name
+    r["mfu"] = r["model_gflops_per_s"] / 1e3 / peak if peak else None
+    r["peak_bf16_tflops"] = peak
+    from benchmarks import machine
+
+    measured = machine.matmul_gflops(8192, 10, "cuda", torch.bfloat16) / 1e3
+    r["measured_bf16_matmul_tflops"] = measured
+    r["fraction_of_measured_matmul"] = r["model_gflops_per_s"] / 1e3 / measured
+    res["model_only_paper_cuda"] = r
+    res["model_only_small_cuda"] = model_only(small, gpu, 32, 10, torch.bfloat16)
+
+
+def _gpu_rows(args, res, rows, small) -> int:
+    """The GPU half: model-only rows, then the input pipeline (workers, pinned memory, augmentation
+    on the GPU) at each preset's input size, and its ratio to the model's pairs/s."""
+    import torch
+
+    from SpineSSLLib.atomic import write_json
+    from SpineSSLLib.models import ModelConfig
+
+    if not torch.cuda.is_available():
+        print("--gpu-only: no CUDA device", file=sys.stderr)
+        return 2
+    _cuda_model_rows(args, res, small)
+    gpu = torch.device("cuda")
+    for name, cfg in (("paper", ModelConfig.preset("paper")), ("small", small)):
+        pipe = input_pipeline(args.cohort, rows, cfg.net_hw((224, 224)), 32, args.workers, 12, True, gpu)
+        res[f"input_pipeline_{name}_cuda"] = pipe
+        res[f"input_vs_model_{name}_cuda"] = pipe["pairs_per_s"] / res[f"model_only_{name}_cuda"]["pairs_per_s"]
+    write_json(args.json or Path(args.out) / "pretrain_bench_gpu.json", res)
     print(json.dumps({k: v for k, v in res.items() if k not in ("presets",)}, indent=2, default=str))
     return 0
 

@@ -699,7 +699,9 @@ def run_extraction(cohort_dir, levels: LevelSource, config: ExtractConfig | None
     if grades is None and levels.kind == "truth":
         grades = "truth"
     sources = locate_sources(c, root, {r["scan_key"] for r in todo}) if todo else {}
-    n_threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    # worker processes share the cores; in-process (one worker) the caller's torch thread
+    # setting is used and left as it was
+    n_threads = max(1, (os.cpu_count() or 1) // max(1, workers)) if workers > 1 else None
     icfg = meta.get("config", {})
     salt = load_or_create_salt(c)
     jobs, missing = [], []

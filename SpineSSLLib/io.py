@@ -375,7 +375,8 @@ def _read_pixels(path: str) -> np.ndarray:
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None) if "ds" in locals() else None
         if ts is not None and not ts.is_compressed:
             ts = None
-        detail = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:120]}"
+        lines = [x.strip() for x in str(e).strip().splitlines() if x.strip()]  # pydicom lists missing plugins
+        detail = f"{type(e).__name__}: {' '.join(lines)[:300]}"
         raise DicomError(f"cannot decode pixel data{f' in transfer syntax {ts.name}' if ts else ''} ({detail})",
                          path) from e
     slope = _float(ds.get("RescaleSlope"))

@@ -453,7 +453,7 @@ class IVDDataset:
 
 
 def data_dependent_fc_init(model, volumes: np.ndarray, n: int = 64, seed: int = 0) -> dict:
-    """Scale the new fully-connected layers fc6 and fc7 so that, on up to ``n`` training volumes,
+    """Scale the new fully-connected layers fc6, fc7 and fc8 so that, on up to ``n`` training volumes,
     each layer's pre-activations have unit standard deviation (per unit, averaged), in the spirit
     of layer-sequential unit-variance init.  Only those layers change; conv weights (transferred or
     frozen) are untouched.  Returns the scale factors applied.
@@ -473,7 +473,7 @@ def data_dependent_fc_init(model, volumes: np.ndarray, n: int = 64, seed: int = 
     scales = {}
     with torch.no_grad():
         h = model.trunk(model.prepare_input(x.to(dev))).flatten(1)
-        for name in ("fc6", "fc7"):
+        for name in ("fc6", "fc7", "fc8"):
             layer = getattr(model, name)
             pre = layer(h)
             sd = float(pre.std(0).mean())
@@ -481,7 +481,9 @@ def data_dependent_fc_init(model, volumes: np.ndarray, n: int = 64, seed: int = 
                 layer.weight.mul_(1.0 / sd)
                 layer.bias.zero_()
                 scales[name] = 1.0 / sd
-            h = torch.relu(layer(h))
+            h = layer(h)
+            if name == "fc6":  # fc7 (the embedding) is linear and fc8 reads it directly
+                h = torch.relu(h)
     model.train(was_training)
     return scales
 

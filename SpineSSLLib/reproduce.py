@@ -59,10 +59,10 @@ class ReproduceConfig:
 
 PRESETS = {
     "small": ReproduceConfig(
-        name="small", subjects=120, supervised_subjects=60, model_preset="small",
-        pretrain_args=["--preset", "small", "--epochs", "10", "--lr", "0.01", "--patience", "3", "--workers", "0"],
-        grade=dict(max_epochs=12, patience=3, max_lr_drops=1, batch_size=16, lr=1e-3, fc_init="data"),
-        supervised_grade=dict(max_epochs=15),
+        name="small", subjects=64, supervised_subjects=32, model_preset="small",
+        pretrain_args=["--preset", "small", "--epochs", "6", "--lr", "0.01", "--patience", "3", "--workers", "0"],
+        grade=dict(max_epochs=8, patience=3, max_lr_drops=1, batch_size=16, lr=1e-3, fc_init="data"),
+        supervised_grade=dict(max_epochs=12),
     ),
     "paper": ReproduceConfig(
         name="paper", subjects=1016, supervised_subjects=500, model_preset="paper",

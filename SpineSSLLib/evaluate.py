@@ -24,7 +24,7 @@ PAPER = {"auc": 0.946, "level_accuracy": 0.978}
 REIDENTIFICATION_NOTE = (
     "Re-identification risk: this network tells whether two vertebral bodies belong to the same person "
     "(the pair ROC AUC above measures how well), across years and scanners. Treat its weights and any "
-    "stored embeddings of a cohort as personal data: a de-identified MRI is not anonymous to it "
+    "stored embeddings of a cohort as personal data: it can match a de-identified MRI to its owner "
     "(docs/privacy.md).")
 
 

@@ -319,3 +319,19 @@ def test_slicer_automatic_levels_through_the_scene(cases):
     back = scene.levels_from_markups(markups)
     assert back.names == levels.names
     assert np.allclose(back["L3"].centroid, levels["L3"].centroid, atol=1e-3)
+
+
+def test_detect_train_evaluate_only_scores_the_bundled_model_on_held_out_subjects(cohort, tmp_path):
+    """--evaluate-only: no training; the bundled model on the test subjects of the split."""
+    out = tmp_path / "ev"
+    rc = main(["-q", "detect-train", str(cohort), "--out", str(out), "--evaluate-only", "--val-fraction", "0",
+               "--test-fraction", "0.5", "--threads", "1"])
+    assert rc == 0
+    ev = json.loads((out / "evaluation.json").read_text())
+    split = json.loads((out / "split.json").read_text())
+    assert ev["split"] == {"train": 1, "val": 0, "test": 1} and len(split["test"]) == 1
+    assert ev["n_scans"] == 1 and ev["model"] == "spinessl-detector-synthetic-v1"
+    assert ev["labelling_accuracy"] == 1.0 and ev["centroid_mm"]["mean"] < 3.0
+    assert not (out / "best").exists() and not (out / "log.csv").exists()
+    rc = main(["-q", "detect-train", str(cohort), "--out", str(tmp_path / "x"), "--model", str(tmp_path)])
+    assert rc == 2  # --model without --evaluate-only is refused

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from SpineSSLLib import LEVEL_NAMES
-from SpineSSLLib.detect.assign import AssignConfig, assign_levels, find_peaks, label_name
+from SpineSSLLib.detect.assign import AssignConfig, Peak, assign_instances, assign_levels, find_peaks, label_name
 
 SP = 2.0  # mm per pixel
 H, W = 170, 110
@@ -193,3 +193,77 @@ def test_no_level_identity_at_all_keeps_vertebrae_but_flags_them():
     assert rows == sorted(rows)
     assert all(a.confidence < 0.5 for a in res.levels.values())
     assert len(res.issues) >= 7
+
+
+def test_level_evidence_shifted_at_the_top_does_not_make_the_chain_drop_a_well_spaced_vertebra():
+    """Evidence as on a held-out synthetic scan: T11 is in view and the network names T11..L2
+    one level too low (L2 looks mostly like L3).  The chain must keep the strong, regularly
+    spaced body and count from the sacrum, flagging the weak evidence, instead of dropping it
+    and shifting the top of the chain by one (what the former drop_weight 3 did)."""
+    pos = spine_positions(n_above=1, top_row=8.0)  # T11 ... S1
+    looks = {"T11": {"T12": .97, "L1": .03}, "T12": {"T12": .04, "L1": .96}, "L1": {"L1": .03, "L2": .97},
+             "L2": {"L2": .19, "L3": .81}, "L3": {"L3": .71, "L4": .29}, "L4": {"L4": .96, "L5": .03},
+             "L5": {"L5": .99}, "S1": {"S1": 1.0}}
+    peaks = [Peak(*pos[n], 0.95) for n in pos]
+    ev = [[looks[n].get(lv, 0.0) for lv in LEVEL_NAMES] for n in pos]
+    res = assign_instances(peaks, ev, SP)
+    check(res, pos, LEVEL_NAMES)
+    assert [n for n, _ in res.outside] == ["T11"] and not res.dropped
+    assert res.levels["S1"].confidence > 0.5
+    assert {i.split(":")[0] for i in res.issues if "weak level evidence" in i} == {"T12", "L1", "L2"}
+    old = assign_instances(peaks, ev, SP, AssignConfig(drop_weight=3.0))
+    assert len(old.dropped) == 1 and old.levels["T12"].row == pytest.approx(pos["T11"][0])
+
+
+# ------------------------------------------------- candidates on crafted band-averaged maps
+
+def body_maps(bodies, h=150, w=90):
+    """Band-averaged network maps (9, h, w) from bodies (name, top row, bottom row, centre row,
+    centre peak): a vertebra region of columns 30..49 between the rows, a Gaussian centre peak."""
+    from SpineSSLLib.detect.targets import BACKGROUND, CENTRE, FIRST_LEVEL
+
+    maps = np.zeros((9, h, w))
+    maps[BACKGROUND] = 1.0
+    r, c = np.mgrid[0:h, 0:w]
+    for name, top, bottom, crow, amp in bodies:
+        region = (r >= top) & (r <= bottom) & (c >= 30) & (c < 50)
+        maps[BACKGROUND][region] = 0.0
+        maps[FIRST_LEVEL + LEVEL_NAMES.index(name)][region] = 1.0
+        maps[CENTRE] = np.maximum(maps[CENTRE], amp * np.exp(-((r - crow) ** 2 + (c - 39.5) ** 2) / (2 * 3.0**2)))
+    return maps
+
+
+def test_partial_vertebra_fused_to_its_neighbour_is_split_but_not_s1_with_the_sacrum():
+    """T12 cut by the top of the image and fused with L1 (no disc seen): 1.5 x a typical body
+    with two strong centre peaks -> two candidates.  The lowest region (S1 with a piece of the
+    sacrum below it, whose centre peak is also strong) stays one candidate, and its position
+    is S1's centre-map centroid, not pulled down by the sacral piece."""
+    from SpineSSLLib.detect.infer import candidates
+
+    bodies = [("T12", 0, 5, 2.0, 0.7), ("L1", 6, 17, 11.5, 0.9),  # fused: rows 0..17 (1.5 bodies)
+              ("L2", 21, 32, 26.5, 0.9), ("L3", 36, 47, 41.5, 0.9), ("L4", 51, 62, 56.5, 0.9),
+              ("L5", 66, 77, 71.5, 0.9), ("S1", 81, 92, 86.5, 0.9), ("S1", 93, 98, 97.0, 0.6)]
+    cands = candidates(body_maps(bodies), 2.0, 60.0)
+    rows = sorted(c.peak.row for c in cands)
+    assert len(cands) == 7, rows
+    assert rows[0] < 6.0 and abs(rows[1] - 11.5) < 1.5  # T12 piece and L1 separated
+    s1 = max(cands, key=lambda c: c.peak.row)
+    assert s1.mask.sum() == 20 * 18 and abs(s1.peak.row - 86.5) < 1.0  # region mean would be 89.5
+    l3 = [c for c in cands if 36 <= c.peak.row <= 47][0]
+    assert l3.peak.row == pytest.approx(41.5, abs=0.05) and l3.peak.col == pytest.approx(39.5, abs=0.05)
+
+
+def test_lateral_position_from_the_centre_profile_fit():
+    """The centre map's profile across slices is trained to be exp(-(z - z0)^2 / (2 sigma^2)):
+    the fixed-curvature fit recovers z0 from both flanks whatever the amplitude, also when the
+    peak is at the edge of the stack, where the upper-half centre of mass is biased inwards."""
+    from SpineSSLLib.detect.infer import _lateral_fit, _peak_slice
+
+    slice_mm, sigma = 3.3, 8.0
+    z = np.arange(13)
+    for z0, amp in ((6.3, 0.9), (1.2, 0.6), (10.7, 0.8)):
+        p = amp * np.exp(-(((z - z0) * slice_mm) ** 2) / (2 * sigma**2))
+        assert _lateral_fit(p, slice_mm, sigma) == pytest.approx(z0, abs=1e-6)
+    edge = 0.8 * np.exp(-(((z - 0.4) * slice_mm) ** 2) / (2 * sigma**2))  # 1.3 mm from the first slice
+    assert _peak_slice(edge, 0, 12) - 0.4 > 0.5  # the former estimate: 1.9 mm too far inwards
+    assert _lateral_fit(np.r_[0.9, np.zeros(12)], slice_mm, sigma) is None  # one slice: no fit

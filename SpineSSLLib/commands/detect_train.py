@@ -33,6 +33,11 @@ def add_arguments(parser):
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     parser.add_argument("--resume", action="store_true", help="continue from MODEL/last")
     parser.add_argument("--name", default=None, help="model name recorded in the model file")
+    parser.add_argument("--evaluate-only", action="store_true",
+                        help="do not train: evaluate --model on the held-out test subjects of this split "
+                             "(same --val-fraction / --test-fraction / --seed) into OUT/evaluation.json + .png")
+    parser.add_argument("--model", default=None,
+                        help="with --evaluate-only: the model folder to evaluate (default: the bundled model)")
 
 
 def run(args) -> int:
@@ -47,12 +52,15 @@ def run(args) -> int:
     from ..detect import cases as C
     from ..detect.model import PRESETS, DetectorConfig, load_detector
     from ..detect.training import DetectTrainConfig, train_detector
-    from ..detect.evaluate import evaluate_cases, write_report
 
     if args.preset not in PRESETS:
         raise ConfigError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
     if not 0 <= args.val_fraction < 1 or not 0 <= args.test_fraction < 1:
         raise ConfigError("--val-fraction and --test-fraction must be in [0, 1)")
+    if args.model and not args.evaluate_only:
+        raise ConfigError("--model is only used with --evaluate-only")
+    if args.evaluate_only and args.test_fraction <= 0:
+        raise ConfigError("--evaluate-only needs held-out test subjects (--test-fraction > 0)")
     levels_dir = args.levels or (os.path.join(args.data, "truth") if os.path.isdir(os.path.join(args.data, "truth")) else None)
     if levels_dir is None:
         raise ConfigError("no --levels folder given and DATA/truth does not exist")
@@ -63,6 +71,17 @@ def run(args) -> int:
     split = C.split_groups(refs, args.val_fraction, args.test_fraction, args.seed)
     out = Path(args.out)
     atomic.write_json(out / "split.json", {k: [r.key for r in v] for k, v in split.items()})
+    if args.evaluate_only:
+        import torch
+
+        from ..train import select_device
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        errs = _evaluate(load_detector(args.model, device=str(select_device(args.device))), split, mapping, out)
+        if errs:
+            atomic.write_csv(out / "errors.csv", errs)
+        return 1 if errs else 0
 
     loaded, errors = {"train": [], "val": []}, []
     for part in ("train", "val"):
@@ -89,18 +108,27 @@ def run(args) -> int:
     print(f"trained {f.epochs_run} epoch(s) on {res.n_train} scans ({res.n_val} validation); best epoch "
           f"{f.best_epoch}, validation loss {f.best_val_loss:.4f}; stop: {f.stop_reason}")
     if split["test"]:
-        det = load_detector(out)
-        summary, errs = evaluate_cases(det, split["test"], mapping, desc="evaluating held-out scans")
-        example = summary.pop("_example")
-        summary["split"] = {k: len(v) for k, v in split.items()}
-        write_report(summary, out / "evaluation.json", out / "evaluation.png", example)
-        errors += [{"scan": "", "stage": "detect-train/test", "error": "SpineSSLError", "message": m} for m in errs]
-        cm = summary["centroid_mm"]["mean"]
-        print(f"held-out: {summary['n_scans']} scans, mean centroid error "
-              f"{cm if cm is None else round(cm, 2)} mm, labelling accuracy "
-              f"{summary['labelling_accuracy']}, all levels right in {summary['scans_all_correct']} of scans "
-              f"-> {out / 'evaluation.json'}")
+        errors += _evaluate(load_detector(out), split, mapping, out)
     if errors:
         atomic.write_csv(out / "errors.csv", errors)
         return 1
     return 0
+
+
+def _evaluate(det, split, mapping, out) -> list[dict]:
+    """Evaluate ``det`` on the held-out test subjects: OUT/evaluation.json + .png (and
+    OUT/errors.csv when scans could not be read); returns the error rows."""
+    from ..detect.evaluate import evaluate_cases, write_report
+
+    summary, errs = evaluate_cases(det, split["test"], mapping, desc="evaluating held-out scans")
+    example = summary.pop("_example")
+    summary["split"] = {k: len(v) for k, v in split.items()}
+    summary["model"] = det.meta.get("config", {}).get("name") or det.path.name
+    write_report(summary, out / "evaluation.json", out / "evaluation.png", example)
+    rows = [{"scan": "", "stage": "detect-train/test", "error": "SpineSSLError", "message": m} for m in errs]
+    cm = summary["centroid_mm"]["mean"]
+    print(f"held-out: {summary['n_scans']} scans, mean centroid error "
+          f"{cm if cm is None else round(cm, 2)} mm, labelling accuracy "
+          f"{summary['labelling_accuracy']}, all levels right in {summary['scans_all_correct']} of scans "
+          f"-> {out / 'evaluation.json'}")
+    return rows

@@ -46,7 +46,7 @@ class AssignConfig:
     max_gap: int = 2  # at most this many consecutive levels may be missing between two kept ones
     spacing_weight: float = 4.0  # cost of (log(distance / expected distance))^2
     gap_cost: float = 1.0  # extra cost per missing level inside the chain
-    drop_weight: float = 3.0  # cost of discarding a candidate, times its centre-peak height
+    drop_weight: float = 6.0  # cost of discarding a candidate, times its centre-peak height
     extra_above: int = 2  # labels allowed above T12 (T11, T10)
     extra_below: int = 2  # labels allowed below S1 (S2, S3)
     outside_penalty: float = 1.2  # extra log-cost of an outside-the-set label (prefers T12..S1 when unsure)

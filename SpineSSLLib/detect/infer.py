@@ -5,15 +5,18 @@
 2. the mid-sagittal slice of the spine is the slice with the most vertebra x centre mass; the
    maps averaged over it and its neighbours give vertebra candidates = connected vertebra
    regions (a region much larger than a typical body - bodies merged where a collapsed disc was
-   not seen - is split between the centre-map peaks inside it), each with its centroid, its
-   strength (mean vertebra probability) and its class distribution;
+   not seen - or a somewhat larger one with two strong centre-map peaks, e.g. T12 fused with
+   L1, is split between the centre-map peaks inside it; not the lowest region, where S1 often
+   carries a piece of the sacrum), each with its in-plane centroid (the region's mean, or the
+   centre map's main peak when a fused piece would pull the mean), its strength (mean vertebra
+   probability) and its class distribution;
 3. ``assign.assign_instances`` labels the candidates with one chain from the sacrum upward (one
    instance per level for the whole scan, hence consistent across slices);
 4. per level: the slice range = slices where vertebra still covers its region; the lateral
    centroid = the middle of that range (interpolated half-coverage crossings) or, when the body
-   runs past the first or last slice, the sub-slice peak of the centre map's profile across
-   slices (centre of mass of its upper half; the centre map falls off away from the body's
-   mid-sagittal plane); the corners = the region's extreme points along the
+   runs past the first or last slice, the centre of the Gaussian fall-off of the centre map's
+   profile across slices (a fixed-width log-parabola fitted to both flanks, the width being the
+   training ``sigma_lateral_mm``); the corners = the region's extreme points along the
    local spine axis and its perpendicular, on the band around the mid slice.
 """
 
@@ -110,6 +113,27 @@ def _peak_slice(p: np.ndarray, lo: int, hi: int) -> float:
     return float(lo + (w * np.arange(len(seg))).sum() / w.sum())
 
 
+def _lateral_fit(p: np.ndarray, slice_mm: float, sigma_mm: float, rel: float = 0.1) -> float | None:
+    """Fractional slice of the body's mid-sagittal plane from the centre map's profile across
+    slices ``p``: the network is trained to make it exp(-(z - z0)^2 / (2 sigma^2)) (``sigma`` =
+    the training ``sigma_lateral_mm``), so log p(z) + z^2 / (2 sigma^2) is linear in z with slope
+    z0 / sigma^2 - a weighted least-squares fit over every slice above ``rel`` x the maximum
+    (both flanks, also when the peak is flat or at the stack's edge).  None when fewer than two
+    slices qualify."""
+    p = np.asarray(p, dtype=np.float64)
+    if p.size == 0 or p.max() <= 0:
+        return None
+    w = np.where(p > rel * p.max(), p, 0.0)
+    if np.count_nonzero(w) < 2:
+        return None
+    z = np.arange(len(p)) * slice_mm
+    y = np.log(np.maximum(p, 1e-6)) + z**2 / (2 * sigma_mm**2)
+    sw = np.sqrt(w)
+    A = np.column_stack([np.ones_like(z), z]) * sw[:, None]
+    slope = np.linalg.lstsq(A, y * sw, rcond=None)[0][1]
+    return float(np.clip(slope * sigma_mm**2 / slice_mm, -0.5, len(p) - 0.5))
+
+
 def _axes(name: str, pos: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Local superior and anterior unit vectors (row, col) at a level from its neighbours."""
     v = LEVEL_NAMES.index(name)
@@ -147,15 +171,25 @@ class Candidate:
     mask: np.ndarray  # (H, W) bool
 
 
+SPLIT_PEAK = 0.2  # centre-map peaks above this (at least 14 mm apart) seed the split of a merged region
+SPLIT_IF_LARGER = 1.6  # a region larger than this x the typical body is split even without 2 peaks
+SPLIT_IF_PEAKS = 1.25  # ... and one with two strong centre peaks already when larger than this x typical
+STRONG_PEAK = 0.45  # a strong centre peak (a weak second peak is often the sacrum below S1)
+
+
+def _region_peaks(mask: np.ndarray, centre: np.ndarray, spacing_mm: float):
+    from .assign import find_peaks
+
+    return find_peaks(np.where(mask, centre, 0.0), SPLIT_PEAK, 14.0 / spacing_mm)
+
+
 def _split(mask: np.ndarray, centre: np.ndarray, spacing_mm: float, typical: float) -> list[np.ndarray]:
     """Split a region of merged bodies (a collapsed disc not seen): pixels go to the nearest
     centre-map peak inside the region; without two such peaks, into equal-area slabs across
     the region's long axis (the spine direction)."""
-    from .assign import find_peaks
-
     rr, cc = np.nonzero(mask)
     pts = np.column_stack([rr, cc]).astype(np.float64)
-    peaks = find_peaks(np.where(mask, centre, 0.0), 0.2, 14.0 / spacing_mm)
+    peaks = _region_peaks(mask, centre, spacing_mm)
     if len(peaks) >= 2:
         seeds = np.array([[p.row, p.col] for p in peaks])
         owner = np.argmin(((pts[:, None, :] - seeds[None]) ** 2).sum(axis=2), axis=1)
@@ -173,6 +207,28 @@ def _split(mask: np.ndarray, centre: np.ndarray, spacing_mm: float, typical: flo
     return out or [mask]
 
 
+def _centre_position(mask: np.ndarray, fg: np.ndarray, centre: np.ndarray, fused: bool) -> tuple[float, float]:
+    """In-plane centroid of a vertebra region.  Normally the region's vertebra-weighted mean;
+    for a region with a piece of a neighbouring vertebra fused to it (``fused``: T11 above
+    T12, the sacrum below S1) the centre of mass of the centre map's main peak (its upper half
+    around the region's maximum), which the fused piece does not pull."""
+    from scipy import ndimage
+
+    rr, cc = np.nonzero(mask)
+    if fused and rr.size:
+        r0, c0 = rr.min(), cc.min()
+        c = np.where(mask, centre, 0.0)[r0:rr.max() + 1, c0:cc.max() + 1].astype(np.float64)
+        top = np.unravel_index(int(np.argmax(c)), c.shape)
+        lab, _ = ndimage.label(c > 0.5 * c[top])
+        blob = lab == lab[top]
+        w = (c - 0.5 * c[top])[blob]
+        if c[top] > 0 and w.sum() > 1e-9:
+            br, bc = np.nonzero(blob)
+            return float(r0 + (br * w).sum() / w.sum()), float(c0 + (bc * w).sum() / w.sum())
+    w = fg[rr, cc].astype(np.float64)
+    return float((rr * w).sum() / w.sum()), float((cc * w).sum() / w.sum())
+
+
 def candidates(agg: np.ndarray, spacing_mm: float, min_region_mm2: float) -> list[Candidate]:
     """Vertebra candidates on band-averaged maps (C, H, W)."""
     from scipy import ndimage
@@ -185,15 +241,22 @@ def candidates(agg: np.ndarray, spacing_mm: float, min_region_mm2: float) -> lis
     # typical body: the median region, at most ~1000 mm^2 (a lumbar body's mid-sagittal area), so
     # that a scan whose discs are all collapsed still has its merged regions split
     typical = min(float(np.median([m.sum() for m in regions])), 1000.0 / spacing_mm**2) if regions else 0.0
+    lowest = int(np.argmax([np.argwhere(m)[:, 0].mean() for m in regions])) if regions else -1
     out = []
-    for m in regions:
-        parts = _split(m, agg[CENTRE], spacing_mm, typical) if m.sum() > 1.6 * typical else [m]
+    for i, m in enumerate(regions):
+        # merged bodies (a collapsed disc, or T12 fused with T11 or L1): a region much larger than
+        # a typical body, or a somewhat larger one with two strong centre peaks - except the lowest
+        # region, where a second peak is usually the sacrum below S1 (S2), not another body
+        size = float(m.sum())
+        merged = size > SPLIT_IF_LARGER * typical or (
+            size > SPLIT_IF_PEAKS * typical and i != lowest
+            and sum(p.height >= STRONG_PEAK for p in _region_peaks(m, agg[CENTRE], spacing_mm)) >= 2)
+        parts = _split(m, agg[CENTRE], spacing_mm, typical) if merged else [m]
         for pm in parts:
             w = fg[pm]
-            rr, cc = np.nonzero(pm)
             ev = cls[:, pm].sum(axis=1) / max(float(w.sum()), 1e-6)
-            out.append(Candidate(Peak(float((rr * w).sum() / w.sum()), float((cc * w).sum() / w.sum()),
-                                      float(w.mean())), np.clip(ev, 0.0, 1.0), pm))
+            row, col = _centre_position(pm, fg, agg[CENTRE], pm.sum() > SPLIT_IF_PEAKS * typical)
+            out.append(Candidate(Peak(row, col, float(w.mean())), np.clip(ev, 0.0, 1.0), pm))
     return out
 
 
@@ -204,6 +267,14 @@ def detect_scan(detector: Detector, scan: Scan, path=None, source: str | None = 
     grid = make_grid(scan, cfg.spacing_mm, cfg.multiple, path)
     image = resample(scan, grid, path)
     maps = predict_maps(detector, image)
+    src = source or f"detect:{detector.meta.get('config', {}).get('name') or detector.path.name}"
+    return levels_from_maps(grid, image, maps, cfg, src)
+
+
+def levels_from_maps(grid: SagittalGrid, image: np.ndarray, maps: np.ndarray, cfg, source: str = "detect"
+                     ) -> Prediction:
+    """Post-processing of the network's maps (K, C, H, W) on ``grid`` (steps 2-4 of the module
+    docstring); ``cfg``: the ``DetectorConfig``."""
     K = maps.shape[0]
     fg = 1.0 - maps[:, BACKGROUND]
     centre = maps[:, CENTRE]
@@ -222,15 +293,17 @@ def detect_scan(detector: Detector, scan: Scan, path=None, source: str | None = 
         lo, hi = _slice_range(cover)
         kf = _range_middle(cover, lo, hi)
         if kf is None:  # the body spans the stack: the centre map's lateral fall-off places it
-            kf = _peak_slice(_profile(centre, a.row, a.col), lo, hi)
+            prof = _profile(centre, a.row, a.col)
+            kf = _lateral_fit(prof, grid.slice_mm, cfg.sigma_lateral_mm)
+            if kf is None:
+                kf = _peak_slice(prof, lo, hi)
         mid_k = int(np.clip(np.floor(kf + 0.5), lo, hi))
         sup, ant = _axes(name, pos)
         crc = _corners(mask, sup, ant)
         centroid = grid.to_lps([a.row, a.col, kf])
         corners = grid.to_lps(np.column_stack([crc, np.full(4, float(mid_k))]))
         levels[name] = Level(name, centroid, corners, (lo, hi), mid_k, float(np.clip(a.confidence, 0.0, 1.0)))
-    src = source or f"detect:{detector.meta.get('config', {}).get('name') or detector.path.name}"
-    return Prediction(grid, image, maps, mid, res, LevelSet(levels, issues, src))
+    return Prediction(grid, image, maps, mid, res, LevelSet(levels, issues, source))
 
 
 _LOADED: dict = {}

@@ -289,6 +289,22 @@ def load_checkpoint(directory, model: nn.Module | None = None, optimizer: torch.
     return meta
 
 
+def check_model_config(directory, model_config: dict) -> None:
+    """Before resuming: raise ``CheckpointError`` (naming its ``checkpoint.json``) when the
+    checkpoint in ``directory`` was made for another network configuration (preset or sizes)
+    than ``model_config`` (a ``ModelConfig.to_dict()``).  No checkpoint there: nothing to check."""
+    d = Path(directory)
+    if not exists(d):
+        return
+    saved = (read_meta(d).get("config") or {}).get("model")
+    want = json.loads(json.dumps(model_config))
+    if isinstance(saved, dict) and saved != want:
+        diff = [f"{k} {saved.get(k)!r} vs {want.get(k)!r}" for k in sorted(set(saved) | set(want))
+                if saved.get(k) != want.get(k)]
+        raise CheckpointError(f"made for another model configuration ({'; '.join(diff[:4])}, checkpoint vs "
+                              "this run); resume with the options it was trained with", d / META)
+
+
 def exists(directory) -> bool:
     return (_resolve(directory) / META).is_file()
 

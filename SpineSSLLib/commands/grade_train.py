@@ -70,6 +70,15 @@ def run(args) -> int:
                                    batch_size=args.batch_size, max_epochs=args.epochs, patience=args.patience,
                                    device=args.device, amp=args.amp, num_workers=args.workers,
                                    fc_init=args.fc_init)
+    if args.resume:  # a run made with other sizes is refused before anything is read or written
+        from pathlib import Path
+
+        from .. import checkpoint as ckpt
+        from ..models import ModelConfig
+
+        mcfg = (grading.pretrained_model_config(grading.resolve_checkpoint_dir(cfg.pretrained)) if cfg.pretrained
+                else ModelConfig.preset(cfg.model_preset, **cfg.model_overrides))
+        ckpt.check_model_config(Path(args.out) / "last", mcfg.to_dict())
     splits_file = args.pretrain_splits or _default_pretrain_splits(args.pretrained)
     records = grading.read_ivd_table(args.cohort)
     pre = grading.read_pretrain_splits(splits_file) if splits_file else {}

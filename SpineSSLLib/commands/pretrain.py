@@ -159,22 +159,6 @@ def make_loss_fn(loss_cfg, alpha, aux_heads: dict):
     return loss_fn
 
 
-def _check_resumable(last: Path, model_cfg) -> None:
-    """Refuse to resume from a checkpoint made for another network (preset or sizes)."""
-    from .. import checkpoint as ckpt
-    from ..errors import CheckpointError
-
-    if not ckpt.exists(last):
-        return
-    saved = (ckpt.read_meta(last).get("config") or {}).get("model")
-    want = json.loads(json.dumps(model_cfg.to_dict()))
-    if isinstance(saved, dict) and saved != want:
-        diff = [f"{k} {saved.get(k)!r} vs {want.get(k)!r}" for k in sorted(set(saved) | set(want))
-                if saved.get(k) != want.get(k)]
-        raise CheckpointError(f"made for another model configuration ({'; '.join(diff[:4])}, checkpoint vs "
-                              "this run); resume with the options it was trained with", last / ckpt.META)
-
-
 def run_pretraining(cohort, out, cfg: PretrainConfig, *, splits_path=None, resume=False, cache_dir=None,
                     evaluate_val: bool = True, progress: bool = True) -> dict:
     """Train; returns a summary dict (also written to OUT/pretrain_summary.json on rank 0)."""
@@ -191,7 +175,9 @@ def run_pretraining(cohort, out, cfg: PretrainConfig, *, splits_path=None, resum
     model_cfg, train_cfg, loss_cfg, pair_cfg, aug_cfg = cfg.build()
     out = Path(out)
     if resume:
-        _check_resumable(out / "last", model_cfg)  # before anything in OUT is rewritten
+        from .. import checkpoint as ckpt
+
+        ckpt.check_model_config(out / "last", model_cfg.to_dict())  # before anything in OUT is rewritten
     info = setup_distributed()
     rows = D.read_vb_table(cohort, model_cfg.aux_heads)
     if splits_path:

@@ -15,16 +15,17 @@ import csv
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import slicer  # slicer-core (pyproject [test]): real MRML classes, no application
 from extract_phantom import phantom_scan, render_labels, sagittal_affine, write_image
 
-from SpineSSLLib import LEVEL_NAMES
+from SpineSSLLib import errors as E
 from SpineSSLLib.cli import main as cli
-from SpineSSLLib.errors import (CheckpointError, ConfigError, DicomError, GeometryError, ImageContentError,
-                                InputError, LevelsError, ManifestError, SpineSSLError)
+from SpineSSLLib.errors import (CheckpointError, ConfigError, DicomError, InputError, LevelsError, ManifestError,
+                                SpineSSLError)
 from SpineSSLLib.synth.dicom import write_series
 
 SMALL = (6, 24, 20)  # (K, J, I) of the tiny header-only series
@@ -80,27 +81,37 @@ def one_line(text: str, *needles) -> str:
     return text
 
 
-def cli_error(capsys, argv, *needles) -> str:
-    """Run the CLI expecting exit 2 (bad input) and a one-line message naming file and cause."""
+def cli_error(capsys, exc_type, argv, *needles) -> str:
+    """Run the CLI expecting exit 2 (bad input): the user's line is ONE line naming file and cause,
+    and (from the ``--debug`` traceback) the exception is exactly ``exc_type``."""
     capsys.readouterr()
-    rc = cli(argv)
+    rc = cli(["--debug", "-q", *argv])
     err = capsys.readouterr().err
     assert rc == 2, err
-    return one_line(err, *needles)
+    last = err.strip().splitlines()[-1]  # what the user sees without --debug
+    prefix = f"spine-ssl {argv[0]}: error: "
+    assert last.startswith(prefix), last
+    one_line(last, *needles)
+    assert f"{exc_type.__module__}.{exc_type.__qualname__}: {last[len(prefix):]}" in err, err[-2000:]
+    return last
 
 
 def snapshot(folder) -> dict[str, bytes]:
-    return {os.path.relpath(p, folder): open(p, "rb").read()
-            for p in sorted(str(x) for x in __import__("pathlib").Path(folder).rglob("*") if x.is_file())}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
 
 
-def index(root, out, capsys=None) -> int:
+def index(root, out) -> int:
     return cli(["-q", "index", str(root), "--out", str(out)])
+
+
+def is_error_type(name: str) -> bool:
+    """An errors-table type name is one of the SpineSSLError classes."""
+    return isinstance(getattr(E, name, None), type) and issubclass(getattr(E, name), SpineSSLError)
 
 
 def index_error(out) -> dict:
     errs = [r for r in rows(out / "errors.csv") if r["stage"] == "index"]
-    assert len(errs) == 1, errs
+    assert len(errs) == 1 and is_error_type(errs[0]["error_type"]), errs
     return errs[0]
 
 
@@ -269,7 +280,7 @@ def test_index_config_typo_leaves_the_previous_index_untouched(tmp_path, capsys)
     before = snapshot(out)
     conf = tmp_path / "rules.json"
     conf.write_text(json.dumps({"t2_patern": "t2"}))
-    cli_error(capsys, ["index", str(root), "--out", str(out), "--config", str(conf)],
+    cli_error(capsys, ConfigError, ["index", str(root), "--out", str(out), "--config", str(conf)],
               conf, "unknown key(s) ['t2_patern']")
     assert snapshot(out) == before
 
@@ -281,7 +292,7 @@ def test_index_damaged_salt_file(tmp_path, capsys):
     assert index(root, out) == 0
     (out / "cohort_salt.txt").write_text("x\n")  # edited by hand
     before = snapshot(out)
-    cli_error(capsys, ["index", str(root), "--out", str(out)], out / "cohort_salt.txt", "salt file is damaged")
+    cli_error(capsys, ManifestError, ["index", str(root), "--out", str(out)], out / "cohort_salt.txt", "salt file is damaged")
     assert snapshot(out) == before
 
 
@@ -290,14 +301,14 @@ def test_index_damaged_salt_file(tmp_path, capsys):
 # --------------------------------------------------------------------------------------------
 
 def test_pixels_16bit_signed(tmp_path):
-    from SpineSSLLib.io import read_header, read_scan
+    from SpineSSLLib.io import read_scan
 
     truth = vol(1) - 450.0
     truth[0, 0, :3] = [-32768, 32767, -1]
     paths = write_series(tmp_path / "s", truth, sagittal_affine(SMALL), hdr(1))
     import pydicom
 
-    assert pydicom.dcmread(paths[0]).PixelRepresentation == 1 and read_header(paths[0]) is not None
+    assert pydicom.dcmread(paths[0]).PixelRepresentation == 1
     np.testing.assert_array_equal(read_scan(tmp_path / "s").array, truth)
 
 
@@ -358,7 +369,7 @@ def indexed_phantoms(tmp_path, phantom, n=2, levels=True):
     return root, lv, out, paths
 
 
-def scan_key_of(out, n_paths_root, paths) -> str:
+def scan_key_of(out, paths) -> str:
     """scan_key of the series holding ``paths`` (through the hashed sources, as extract does)."""
     from SpineSSLLib.index import locate_sources
 
@@ -367,7 +378,9 @@ def scan_key_of(out, n_paths_root, paths) -> str:
 
 
 def extract_errors(out) -> list[dict]:
-    return [r for r in rows(out / "errors.csv") if r["stage"] != "index"]
+    errs = [r for r in rows(out / "errors.csv") if r["stage"] != "index"]
+    assert all(is_error_type(r["error_type"]) for r in errs), errs
+    return errs
 
 
 def assert_one_good_one_bad(out, bad_key):
@@ -396,7 +409,7 @@ def test_extract_undecodable_transfer_syntax(tmp_path, phantom):
     assert e["error_type"] == "DicomError" and e["stage"] == "read"
     assert e["file"] == os.path.relpath(paths[1][0], root)
     one_line(e["message"], "cannot decode pixel data", "JPEG-LS Lossless")
-    assert_one_good_one_bad(out, scan_key_of(out, root, paths[1]))
+    assert_one_good_one_bad(out, scan_key_of(out, paths[1]))
 
 
 def test_extract_label_map_geometry_does_not_match(tmp_path, phantom):
@@ -413,7 +426,7 @@ def test_extract_label_map_geometry_does_not_match(tmp_path, phantom):
     (e,) = extract_errors(out)
     assert e["error_type"] == "LevelsError" and e["stage"] == "levels"
     one_line(e["message"], f"{uid(2)}_labels.nii.gz", "label map geometry (origin/spacing/direction) does not match")
-    assert_one_good_one_bad(out, scan_key_of(out, root, paths[1]))
+    assert_one_good_one_bad(out, scan_key_of(out, paths[1]))
 
 
 def _markups(path, labels_points):
@@ -434,7 +447,7 @@ def test_extract_markups_with_unknown_label(tmp_path, phantom):
     (e,) = extract_errors(out)
     assert e["error_type"] == "LevelsError"
     one_line(e["message"], f"{uid(2)}.mrk.json", "unknown control point label 'L6'")
-    assert_one_good_one_bad(out, scan_key_of(out, root, paths[1]))
+    assert_one_good_one_bad(out, scan_key_of(out, paths[1]))
 
 
 def test_extract_markups_with_duplicate_label(tmp_path, phantom):
@@ -457,13 +470,13 @@ def test_extract_missing_level_file(tmp_path, phantom):
     (e,) = extract_errors(out)
     assert e["error_type"] == "LevelsError" and e["stage"] == "levels"
     one_line(e["message"], str(lv), "no levels level file for this scan")
-    assert_one_good_one_bad(out, scan_key_of(out, root, paths[1]))
+    assert_one_good_one_bad(out, scan_key_of(out, paths[1]))
 
 
 def test_extract_level_source_typo(tmp_path, phantom, capsys):
     root, lv, out, paths = indexed_phantoms(tmp_path, phantom, n=1)
     before = snapshot(out)
-    cli_error(capsys, ["extract", str(out), "--levels", f"level:{lv}"], f"got 'level:{lv}'",
+    cli_error(capsys, ConfigError, ["extract", str(out), "--levels", f"level:{lv}"], f"got 'level:{lv}'",
               "--levels must be KIND:FOLDER with KIND one of truth, levels, markups")
     assert snapshot(out) == before
 
@@ -487,7 +500,7 @@ def test_extract_grades_table_with_bad_disc_name(tmp_path, phantom, capsys):
     before = snapshot(out)
     g = tmp_path / "grades.csv"
     g.write_text(f"series_uid,disc,grade\n{uid(1)},L4-L5,2\n{uid(1)},L6-S1,3\n")
-    cli_error(capsys, ["extract", str(out), "--levels", f"levels:{lv}", "--grades", str(g), "--overwrite"],
+    cli_error(capsys, ManifestError, ["extract", str(out), "--levels", f"levels:{lv}", "--grades", str(g), "--overwrite"],
               g, "grades CSV row needs scan_key/series_uid and a disc")
     assert snapshot(out) == before
 
@@ -536,7 +549,7 @@ def assert_detect_row(detect_run, scan, error, cause):
     det = rows(out / "detect.csv")
     assert [r["key"] for r in det] == [uid(1)] and det[0]["n_levels"] != "0"
     e = errs[scan]
-    assert e["error"] == error, e
+    assert e["error"] == error and is_error_type(error), e
     one_line(e["message"], cause)
     return e
 
@@ -567,7 +580,7 @@ def test_detect_truncated_header_does_not_stop_the_batch(detect_run):
 def test_detect_model_of_another_task(tmp_path, phantom, capsys, grading_model):
     root = tmp_path / "in"
     write_phantom(root, 1, phantom)
-    cli_error(capsys, ["detect", str(root), "--out", str(tmp_path / "o"), "--model", str(grading_model)],
+    cli_error(capsys, CheckpointError, ["detect", str(root), "--out", str(tmp_path / "o"), "--model", str(grading_model)],
               grading_model, "model was made for task 'grade', not detection")
 
 
@@ -627,28 +640,28 @@ def test_grade_truncated_checkpoint_keeps_earlier_grades(tmp_path, grading_model
     model, out, before = _graded(tmp_path, grading_model, volume_file)
     w = model / "model.safetensors"
     w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
-    cli_error(capsys, ["grade", str(model), "--volumes", str(volume_file), "--out", str(out), "--device", "cpu"],
+    cli_error(capsys, CheckpointError, ["grade", str(model), "--volumes", str(volume_file), "--out", str(out), "--device", "cpu"],
               w, "contents do not match checkpoint.json (truncated or replaced)")
     assert snapshot(out) == before
 
 
 def test_grade_folder_that_is_not_a_model(tmp_path, volume_file, capsys):
     (tmp_path / "m").mkdir()
-    cli_error(capsys, ["grade", str(tmp_path / "m"), "--volumes", str(volume_file), "--out", str(tmp_path / "o")],
+    cli_error(capsys, CheckpointError, ["grade", str(tmp_path / "m"), "--volumes", str(volume_file), "--out", str(tmp_path / "o")],
               tmp_path / "m", "not a SpineSSL checkpoint folder")
 
 
 def test_grade_with_the_detector_model(tmp_path, volume_file, capsys):
     from SpineSSLLib.detect.model import BUNDLED
 
-    cli_error(capsys, ["grade", str(BUNDLED), "--volumes", str(volume_file), "--out", str(tmp_path / "o")],
+    cli_error(capsys, CheckpointError, ["grade", str(BUNDLED), "--volumes", str(volume_file), "--out", str(tmp_path / "o")],
               BUNDLED, "not a grading model (task 'detect')")
 
 
 def test_grade_corrupt_volume_file(tmp_path, grading_model, volume_file, capsys):
     bad = tmp_path / "cut.npz"
     bad.write_bytes(volume_file.read_bytes()[:5000])
-    cli_error(capsys, ["grade", str(grading_model), "--volumes", str(bad), "--out", str(tmp_path / "o")],
+    cli_error(capsys, ManifestError, ["grade", str(grading_model), "--volumes", str(bad), "--out", str(tmp_path / "o")],
               bad, "cannot read volume file")
     assert not (tmp_path / "o").exists()
 
@@ -673,7 +686,7 @@ def test_pretrain_manifest_lists_a_missing_volume_file(tmp_path, capsys):
     c = _vb_cohort(tmp_path / "c")
     victim = c / "volumes" / "S0002_1.npz"
     victim.unlink()
-    cli_error(capsys, ["pretrain", str(c), "--out", str(tmp_path / "o"), "--preset", "small", *PRE],
+    cli_error(capsys, ManifestError, ["pretrain", str(c), "--out", str(tmp_path / "o"), "--preset", "small", *PRE],
               victim, "volume file listed in volumes.csv is missing")
 
 
@@ -682,7 +695,7 @@ def test_pretrain_manifest_missing_columns(tmp_path, capsys):
     lines = (c / "volumes.csv").read_text().splitlines()
     cut = [",".join(x.split(",")[:-1]) for x in lines]  # 'index' column deleted in a spreadsheet
     (c / "volumes.csv").write_text("\n".join(cut) + "\n")
-    cli_error(capsys, ["pretrain", str(c), "--out", str(tmp_path / "o"), "--preset", "small", *PRE],
+    cli_error(capsys, ManifestError, ["pretrain", str(c), "--out", str(tmp_path / "o"), "--preset", "small", *PRE],
               c / "volumes.csv", "missing columns index")
 
 
@@ -693,7 +706,7 @@ def test_pretrain_config_typo(tmp_path, capsys, conf, cause):
     c = _vb_cohort(tmp_path / "c")
     f = tmp_path / "pre.json"
     f.write_text(json.dumps(conf))
-    cli_error(capsys, ["pretrain", str(c), "--out", str(tmp_path / "o"), "--config", str(f), *PRE], f, cause)
+    cli_error(capsys, ConfigError, ["pretrain", str(c), "--out", str(tmp_path / "o"), "--config", str(f), *PRE], f, cause)
     assert not (tmp_path / "o").exists()
 
 
@@ -704,7 +717,7 @@ def test_pretrain_splits_file_missing_subjects(tmp_path, capsys):
     rows_ = D.read_vb_table(c)
     sp = D.make_splits([r for r in rows_ if r.subject_key != "S0002"], 0, (0.5, 0.5, 0.0))
     D.write_splits(tmp_path / "splits.json", sp)
-    cli_error(capsys, ["pretrain", str(c), "--out", str(tmp_path / "o"), "--splits", str(tmp_path / "splits.json"),
+    cli_error(capsys, ManifestError, ["pretrain", str(c), "--out", str(tmp_path / "o"), "--splits", str(tmp_path / "splits.json"),
                        "--preset", "small", *PRE],
               tmp_path / "splits.json", "1 subject(s) of the cohort are not in the splits file")
 
@@ -722,7 +735,7 @@ def test_pretrain_resume_with_a_checkpoint_of_another_preset(tmp_path, capsys):
                                                                     "num_classes": 7, "in_hw": [224, 224]},
                          epoch=0, train_state={"epoch": 0})
     before = snapshot(out)
-    cli_error(capsys, ["pretrain", str(c), "--out", str(out), "--resume", "--preset", "small", *PRE],
+    cli_error(capsys, CheckpointError, ["pretrain", str(c), "--out", str(out), "--resume", "--preset", "small", *PRE],
               out / "last" / "checkpoint.json", "made for another model configuration (fc6 32 vs 256; fc7 16 vs 128;")
     assert snapshot(out) == before
 
@@ -806,7 +819,6 @@ def test_slicer_batch_markups_unknown_label_keeps_earlier_outputs(tmp_path, phan
     scan's outputs from the earlier run are left as they were."""
     import importlib.util
     import sys
-    from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "SpineSSL" / "Scripts" / "SpineSSLBatch.py"
     spec = importlib.util.spec_from_file_location(path.stem, path)
@@ -833,3 +845,17 @@ def test_slicer_batch_markups_unknown_label_keeps_earlier_outputs(tmp_path, phan
     assert [r["status"] for r in rows(out / "batch.csv")] == ["ok", "failed"]
     assert (out / "scan1" / "scan1.seg.nrrd").is_file()
     assert snapshot(out / "scan2") == before
+
+
+def test_grade_train_resume_with_a_checkpoint_of_another_preset(tmp_path, capsys, grading_model):
+    from grading_helpers import write_contract_cohort
+
+    c = write_contract_cohort(tmp_path / "c", n_subjects=2)
+    out = tmp_path / "g"
+    shutil.copytree(grading_model, out / "last")  # a run made with other sizes
+    before = snapshot(out)
+    cli_error(capsys, CheckpointError, ["grade-train", str(c), "--out", str(out), "--mode", "scratch", "--preset",
+                                        "small", "--resume", "--epochs", "1", "--device", "cpu",
+                                        "--no-augment"],
+              out / "last" / "checkpoint.json", "made for another model configuration (fc6 32 vs 256; fc7 16 vs 128;")
+    assert snapshot(out) == before  # refused before anything in OUT is written

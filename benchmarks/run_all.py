@@ -102,17 +102,32 @@ def training_part(cohort: str, repeats: int, steps: int, paper: bool, threads: i
 # --------------------------------------------------------------------------------------------
 
 def run_part(name: str, argv: list[str], json_path: Path, timeout: float) -> tuple[dict | None, str | None, float]:
-    """Run one benchmark script; returns (its JSON, error text or None, wall seconds)."""
+    """Run one benchmark script in its own session; returns (its JSON, error text or None, wall
+    seconds).  Its output goes to a file (not a pipe: worker processes orphaned by a killed script
+    would hold a pipe open forever) and whatever it leaves running in its session is ended."""
+    import signal
+
     log(f"{name}: {' '.join(argv)}")
     t0 = time.perf_counter()
     env = dict(os.environ, SPINESSL_PROGRESS="", PYTHONUNBUFFERED="1")
-    try:
-        p = subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, timeout=timeout, text=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        out, rc = p.stdout, p.returncode
-    except subprocess.TimeoutExpired as e:
-        out, rc = (e.stdout or "") if isinstance(e.stdout, str) else "", f"timeout after {timeout:.0f} s"
+    out_path = json_path.with_suffix(".log")
+    with open(out_path, "w") as out_f:
+        p = subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=env, text=True, stdout=out_f,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            rc = p.wait(timeout=timeout)
+            if rc < 0:
+                rc = f"killed by signal {-rc}"
+        except subprocess.TimeoutExpired:
+            rc = f"timeout after {timeout:.0f} s"
+        finally:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)  # its own session: only what this script started
+            except (ProcessLookupError, PermissionError):
+                pass
+            p.wait()
     wall = time.perf_counter() - t0
+    out = out_path.read_text(errors="replace")
     for line in out.splitlines()[-12:]:
         print(f"    {line}", flush=True)
     if rc != 0:
@@ -292,7 +307,9 @@ def markdown(r: dict, rows: list[dict]) -> str:
             L.append(f"| {s['series']} | {s['pydicom_read_s'] * 1000:.0f} ms | {s['spinessl_read_s'] * 1000:.0f} ms | "
                      f"{s['extract_s'] * 1000:.0f} ms | {s['save_s'] * 1000:.0f} ms | "
                      f"{s['ratio_extract_over_pydicom_read']:.2f}× |")
-        L.append("")
+        s0 = ex["sizes"][0]
+        L += ["", f"Writing the compressed `.npz` takes {s0['save_s'] / s0['extract_s']:.1f}× the extraction itself "
+              f"({s0['series']}); it is most of `spine-ssl extract`'s time per scan (see the scaling table).", ""]
     gl = r.get("grade_latency")
     if gl:
         L += ["### Grading latency (`benchmarks/grade_latency.py`)", "",

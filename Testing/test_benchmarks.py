@@ -133,3 +133,28 @@ def test_report_names_every_missed_target(tmp_path):
     md2 = run_all.markdown(r2, run_all.build_rows(r2))
     assert md2.split("## Targets missed")[1].split("##")[0].strip() == "- none"
     assert "No GPU results yet" in md2
+
+
+def test_run_part_reports_a_killed_benchmark_and_ends_its_leftovers(tmp_path):
+    import os
+    import time
+
+    pid_file = tmp_path / "child.pid"
+    code = ("import os, subprocess, sys; c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+            f"open({str(pid_file)!r}, 'w').write(str(c.pid)); print('started'); os.kill(os.getpid(), 9)")
+    res, err, wall = run_all.run_part("killed", ["-c", code], tmp_path / "k.json", 60)
+    assert res is None and "killed by signal 9" in err and "started" in err and wall < 30
+    child = int(pid_file.read_text())
+    for _ in range(50):  # the orphaned grandchild was ended with the benchmark's session
+        try:
+            os.kill(child, 0)
+            if open(f"/proc/{child}/stat").read().split(")")[1].split()[0] == "Z":
+                break
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("leftover process still running")
+    js = tmp_path / "ok.json"
+    assert run_all.run_part("ok", ["-c", f"import json; json.dump({{'a': 1}}, open({str(js)!r}, 'w'))"], js, 60)[:2] \
+        == ({"a": 1}, None)

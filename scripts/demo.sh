@@ -10,7 +10,7 @@ spine-ssl info
 spine-ssl synth "$OUT/cohort" --preset demo --seed 0 --workers 2 --overwrite
 # Index (headers only, pseudonymous keys) and VB/IVD volume extraction with QC pictures
 # (docs/extraction.md); levels from the synthetic ground truth.
-spine-ssl -q index "$OUT/cohort/dicom" --out "$OUT/C"
+spine-ssl -q index "$OUT/cohort/dicom" --out "$OUT/C" --families "$OUT/cohort/subjects.csv"
 spine-ssl -q extract "$OUT/C" --levels "truth:$OUT/cohort/truth" --workers 2 --qc
 echo "Extraction QC picture: $(ls "$OUT"/C/qc/*.png | head -n 1)"
 # Slicer module stage, without Slicer (slicer-core): one synthetic subject through the module's

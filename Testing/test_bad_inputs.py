@@ -31,15 +31,7 @@ from SpineSSLLib.synth.dicom import write_series
 SMALL = (6, 24, 20)  # (K, J, I) of the tiny header-only series
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread per test process (the suite runs one worker per core)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------------------------

@@ -33,12 +33,7 @@ TINY_MODEL = dict(CRASH_MODEL, input_scale=0.5)
 EPOCHS = 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _rows(path, drop=("time_s",)):

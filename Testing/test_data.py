@@ -1,6 +1,5 @@
 """Splits, pair sampler invariants (incl. the acquisition shortcut), volume cache, augmentation."""
 
-import math
 from collections import Counter
 
 import numpy as np

@@ -1,13 +1,11 @@
 """The extension layout, the package's import hygiene, the CLI entry point and the Slicer module."""
 
 import ast
-import os
 import struct
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 

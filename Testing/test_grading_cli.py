@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from SpineSSLLib import DISC_NAMES, checkpoint as ckpt, grading
 from SpineSSLLib.cli import main
@@ -14,15 +13,7 @@ from SpineSSLLib.models import ModelConfig
 TINY = dict(width=0.0625, fc6=32, fc7=16, input_scale=0.5)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread per test process: the suite runs with one worker per core."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 CLASSES = ["1", "2", "3", "4"]
 
 

@@ -2,7 +2,6 @@
 
 import csv
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -15,15 +14,7 @@ from grading_helpers import write_contract_cohort
 TINY = dict(width=0.0625, fc6=32, fc7=16, input_scale=0.5)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread per test process: the suite runs with one worker per core."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_plan_covers_every_combination_smallest_first():

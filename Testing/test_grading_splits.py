@@ -1,6 +1,5 @@
 """Grading split rules (the paper's §4.2) and the TTA view generator."""
 
-import json
 
 import numpy as np
 import pytest

@@ -7,7 +7,7 @@ import pytest
 from extract_phantom import phantom_scan, relabel_affine, sagittal_affine
 
 from SpineSSLLib.errors import DicomError, GeometryError, ImageContentError, InputError
-from SpineSSLLib.io import (Scan, read_dicom_series, read_header, read_image, read_scan, series_geometry,
+from SpineSSLLib.io import (Scan, read_dicom_series, read_header, read_scan, series_geometry,
                             to_sagittal_axes)
 from SpineSSLLib.synth.dicom import write_series
 

@@ -1,7 +1,5 @@
 """Privacy audit: identifiers from source DICOM headers are found in any spelling, in any file kind."""
 
-import shutil
-import zipfile
 
 import numpy as np
 import pydicom

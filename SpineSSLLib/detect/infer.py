@@ -174,7 +174,7 @@ class Candidate:
 SPLIT_PEAK = 0.2  # centre-map peaks above this (at least 14 mm apart) seed the split of a merged region
 SPLIT_IF_LARGER = 1.6  # a region larger than this x the typical body is split even without 2 peaks
 SPLIT_IF_PEAKS = 1.25  # ... and one with two strong centre peaks already when larger than this x typical
-STRONG_PEAK = 0.45  # a strong centre peak (a weak second peak is often the sacrum below S1)
+STRONG_PEAK = 0.25  # a second body: a centre peak above this (a partial T12 at the top edge is faint)
 
 
 def _region_peaks(mask: np.ndarray, centre: np.ndarray, spacing_mm: float):

@@ -432,11 +432,14 @@ class SpineSSLLogic(ScriptedLoadableModuleLogic):
         return self.detectLevels(volumeNode)
 
     def detectLevels(self, volumeNode):
-        """Automatic level detection with SpineSSLLib's bundled detector."""
+        """Automatic level detection with SpineSSLLib's bundled detector.  Levels detected with
+        confidence < 0.5 are not used (as `spine-ssl extract --levels detect`); they are named in
+        the levels' issues, which the panel's status line shows."""
         from SpineSSLLib import scene
         from SpineSSLLib.detect.infer import detect_levels
 
-        return detect_levels(scene.scan_from_volume_node(volumeNode), where=volumeNode.GetName())
+        return detect_levels(scene.scan_from_volume_node(volumeNode), where=volumeNode.GetName(),
+                             min_confidence=0.5)
 
     def extract(self, p, volumeNode=None, markupsNode=None, results=()):
         from SpineSSLLib import scene

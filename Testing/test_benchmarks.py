@@ -126,7 +126,7 @@ def test_report_names_every_missed_target(tmp_path):
     assert "45%" in missed and "extract time growth" in missed and "1.30" in missed
     assert "extraction ÷ pydicom" not in missed
     assert "NVIDIA H100 80GB HBM3" in md and "8.6%" in md and "0.50×" in md and "`P_fit.json`" not in md
-    assert "input pipeline ÷ model-only pairs/s (paper, NVIDIA H100 80GB HBM3, GPU file)" in missed
+    assert "input pipeline ÷ model-only pairs/s (paper, NVIDIA H100 80GB HBM3, channels-last model, GPU file)" in missed
     assert "P_fit.json" in md.split("## GPU")[1]
     assert "Test CPU" in md and "[3.0, 2.0, 1.0]" in md and "make bench-quick" in md
     r2 = dict(_result(grade_s=1.0, grade_frac=0.7, exponent=1.0), gpu=[])

@@ -162,6 +162,9 @@ def gpu_results(folder=None) -> list[dict]:
         except (OSError, ValueError) as e:
             out.append({"file": _rel(p), "error": str(e)})
             continue
+        if isinstance(d, dict) and "bf16_contiguous" in d:  # benchmarks/gpu_variants.py
+            out.append({"file": _rel(p), "variants": True, "data": d})
+            continue
         if not isinstance(d, dict) or not any(k.endswith("_cuda") for k in d):
             out.append({"file": _rel(p), "other": True})
             continue
@@ -220,20 +223,34 @@ def build_rows(r: dict) -> list[dict]:
         if "paper_step_s" in tr:
             add(f"training step, paper, CPU, {tr['paper_batch_pairs']} pair(s)", f"{tr['paper_step_s']:.1f} s "
                 f"({tr['paper_model_gflops_per_s']:.1f} GFLOP/s = {tr['paper_fraction_of_matmul']:.0%} of matmul)")
+    variants = next((g for g in r.get("gpu", []) if g.get("variants")), None)
     for g in r.get("gpu", []):
+        if g.get("variants"):
+            continue
         d = g.get("data") or {}
         gpu = d.get("machine", {}).get("gpu") or (d.get("model_only_paper_cuda") or {}).get("gpu") or "GPU"
         p = d.get("model_only_paper_cuda")
         if p:
-            add(f"training step, paper, {p['batch_pairs']} pairs, {gpu} (GPU file)", f"{p['step_s'] * 1000:.0f} ms, "
+            add(f"training step, paper, {p['batch_pairs']} pairs, {gpu}, channels-last 3D (GPU file)", f"{p['step_s'] * 1000:.0f} ms, "
                 f"MFU {_f(p.get('mfu'), '{:.1%}')}", note=g["file"])
         for k in ("paper", "small"):
             q = d.get(f"input_vs_model_{k}_cuda")
             ip, mo = d.get(f"input_pipeline_{k}_cuda") or {}, d.get(f"model_only_{k}_cuda") or {}
             if q is not None:
-                add(f"input pipeline ÷ model-only pairs/s ({k}, {gpu}, GPU file)",
+                add(f"input pipeline ÷ model-only pairs/s ({k}, {gpu}, channels-last model, GPU file)",
                     f"{q:.2f}× ({_f(ip.get('pairs_per_s'), '{:.0f}')} vs {_f(mo.get('pairs_per_s'), '{:.0f}')} pairs/s)",
                     "≥ 0.9×", q >= 0.9, note=g["file"])
+        v = ((variants or {}).get("data") or {}).get("bf16_contiguous") or {}
+        ip = d.get("input_pipeline_paper_cuda") or {}
+        if v.get("pairs_per_s") and p:
+            add(f"training step, paper, {p['batch_pairs']} pairs, {gpu}, contiguous NCDHW (the training default)",
+                f"{v['step_s'] * 1000:.0f} ms, MFU {_f(v['model_gflops_per_s'] / 1e3 / p['peak_bf16_tflops'], '{:.1%}')}",
+                note=variants["file"])
+            if ip.get("pairs_per_s"):
+                q = ip["pairs_per_s"] / v["pairs_per_s"]
+                add(f"input pipeline ÷ model-only pairs/s (paper, {gpu}, contiguous model = the training default)",
+                    f"{q:.2f}× ({ip['pairs_per_s']:.0f} vs {v['pairs_per_s']:.0f} pairs/s)", "≥ 0.9×", q >= 0.9,
+                    note=variants["file"])
     sc = r.get("scaling")
     if sc:
         for s in sc["sizes"]:
@@ -370,7 +387,7 @@ def markdown(r: dict, rows: list[dict]) -> str:
               + ". The target is judged on CPU time, which the other load on this shared machine does not "
               "change; wall time is shown beside it.", ""]
     L += ["## GPU", ""]
-    gpus = [g for g in r.get("gpu", []) if not g.get("other")]
+    gpus = [g for g in r.get("gpu", []) if not g.get("other") and not g.get("variants")]
     others = [g["file"] for g in r.get("gpu", []) if g.get("other")]
     if not gpus:
         L += ["No GPU results yet: `benchmarks/results/gpu/` holds no JSON. On a CUDA machine run "
@@ -411,6 +428,24 @@ def markdown(r: dict, rows: list[dict]) -> str:
         q = [d.get("input_vs_model_paper_cuda"), d.get("input_vs_model_small_cuda")]
         if any(v is not None for v in q):
             L.append(f"| input ÷ model (target ≥ 0.9×) | {_f(q[0], '{:.2f}×')} | {_f(q[1], '{:.2f}×')} |")
+        L.append("")
+    for g in r.get("gpu", []):
+        if not g.get("variants"):
+            continue
+        d = g["data"]
+        peak = next((x.get("data", {}).get("model_only_paper_cuda", {}).get("peak_bf16_tflops")
+                     for x in gpus if x.get("data")), None) or 989.0
+        L += [f"### {d.get('gpu', 'GPU')} — `paper` training step by variant (`{g['file']}`, "
+              "`benchmarks/gpu_variants.py`)", "",
+              "32 pairs, SGD step, FLOPs counted from the network. `baseline` = channels-last 3D, the "
+              "training default before this measurement; contiguous NCDHW is the default now.", "",
+              f"| variant | step | pairs/s | model TFLOP/s | MFU (of {peak:.0f}) |", "|---|---|---|---|---|"]
+        for k, v in d.items():
+            if isinstance(v, dict) and "step_s" in v:
+                L.append(f"| {k} | {v['step_s'] * 1000:.0f} ms | {v['pairs_per_s']:.0f} | "
+                         f"{v['model_gflops_per_s'] / 1e3:.1f} | {v['model_gflops_per_s'] / 1e3 / peak:.1%} |")
+            elif isinstance(v, dict) and "error" in v:
+                L.append(f"| {k} | failed: {v['error']} | | | |")
         L.append("")
     if others:
         L += ["Other files in that folder (the rest of `benchmarks/gpu_check.sh`'s output; not summarised "

@@ -95,3 +95,22 @@ def test_channels_last_keeps_results():
     M.to_channels_last(net)
     assert net.trunk.conv1.weight.is_contiguous(memory_format=torch.channels_last_3d)
     assert torch.allclose(net(x.contiguous(memory_format=torch.channels_last_3d))[0], ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(2, 12, 3, 5, 7), (2, 7, 6, 5), (3, 5, 4)])
+def test_lrn_equals_torch_local_response_norm_values_and_gradients(shape):
+    from torch import nn
+
+    from SpineSSLLib.models import LRN
+
+    torch.manual_seed(0)
+    x = torch.relu(torch.randn(*shape, dtype=torch.float64)) * 10
+    for beta in (0.75, 0.6):
+        ours, ref = LRN(5, alpha=5e-4, beta=beta, k=2.0), nn.LocalResponseNorm(5, alpha=5e-4, beta=beta, k=2.0)
+        with torch.no_grad():
+            assert torch.allclose(ours(x), ref(x), rtol=1e-10, atol=1e-12)   # inference path (in place)
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        w = torch.randn(*shape, dtype=torch.float64)
+        ga, = torch.autograd.grad((ours(xa) * w).sum(), xa)
+        gb, = torch.autograd.grad((ref(xb) * w).sum(), xb)
+        assert torch.allclose(ga, gb, rtol=1e-8, atol=1e-10)

@@ -129,3 +129,26 @@ def test_grade_train_cli(tmp_path, cohort, pretrained_dir, capsys):
     assert (out / "confusion.png").is_file() and (out / "best" / "checkpoint.json").is_file()
     # bad input: an ssl mode without weights is a one-line usage error
     assert main(["grade-train", str(cohort), "--out", str(tmp_path / "x"), "--mode", "ssl-frozen"]) == 2
+
+
+def test_data_dependent_fc_init_centres_and_scales_each_unit():
+    """After the init, every fc6/fc7/fc8 unit has mean 0 and s.d. 1 on the init batch, also when
+    the trunk features share a large offset with a tiny spread (a pretrained trunk on discs)."""
+    import numpy as np
+
+    model = grading.build_grading_model(tiny_config(), 4, "frozen-random", seed=0)
+    with torch.no_grad():
+        model.trunk.conv5.bias.add_(50.0)  # pool5 features: large common offset, small spread
+    rng = np.random.default_rng(0)
+    vols = rng.random((24, 9, 112, 224)).astype(np.float32)
+    grading.data_dependent_fc_init(model, vols, n=24)
+    model.eval()
+    with torch.no_grad():
+        h = model.trunk(model.prepare_input(torch.as_tensor(vols).unsqueeze(1))).flatten(1)
+        for name in ("fc6", "fc7", "fc8"):
+            pre = getattr(model, name)(h)
+            live = pre.std(0) > 1e-6
+            assert live.float().mean() > 0.5
+            assert torch.allclose(pre.mean(0)[live], torch.zeros(int(live.sum())), atol=2e-2)
+            assert torch.allclose(pre.std(0)[live], torch.ones(int(live.sum())), atol=2e-2)
+            h = torch.relu(pre) if name == "fc6" else pre

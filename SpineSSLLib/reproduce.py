@@ -33,9 +33,9 @@ class ReproduceConfig:
     """A preset of the experiment (``small``: this 2-core CPU; ``paper``: a GPU)."""
 
     name: str = "small"
-    subjects: int = 120
+    subjects: int = 64
     """Subjects of the synthetic cohort (when no cohort folder is given)."""
-    supervised_subjects: int = 60
+    supervised_subjects: int = 32
     """Subjects of the second, disjoint, fully graded synthetic cohort (the supervised source)."""
     synth_args: list = field(default_factory=list)
     """Extra flags for ``spine-ssl synth`` (both cohorts)."""
@@ -60,9 +60,9 @@ class ReproduceConfig:
 PRESETS = {
     "small": ReproduceConfig(
         name="small", subjects=64, supervised_subjects=32, model_preset="small",
-        pretrain_args=["--preset", "small", "--epochs", "6", "--lr", "0.01", "--patience", "3", "--workers", "0"],
-        grade=dict(max_epochs=8, patience=3, max_lr_drops=1, batch_size=16, lr=1e-3, fc_init="data"),
-        supervised_grade=dict(max_epochs=12),
+        pretrain_args=["--preset", "small", "--epochs", "4", "--lr", "0.01", "--patience", "3", "--workers", "0"],
+        grade=dict(max_epochs=6, patience=3, max_lr_drops=1, batch_size=16, lr=1e-3, fc_init="data"),
+        supervised_grade=dict(max_epochs=10),
     ),
     "paper": ReproduceConfig(
         name="paper", subjects=1016, supervised_subjects=500, model_preset="paper",

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .atomic import _umask, atomic_path, write_json
+from .atomic import atomic_path, current_umask, write_json
 from .errors import CheckpointError
 
 SCHEMA = "spinessl.checkpoint/1"
@@ -177,7 +177,7 @@ def _swap_in(new: Path, final: Path) -> None:
         os.replace(final, old)
     elif final.exists():
         raise CheckpointError("exists and is not a folder", final)
-    os.chmod(new, 0o777 & ~_umask())  # mkdtemp makes 0700
+    os.chmod(new, 0o777 & ~current_umask())  # mkdtemp makes 0700
     os.replace(new, final)
     shutil.rmtree(old, ignore_errors=True)
     for stale in final.parent.glob(f".{final.name}.partial-*"):  # left by a killed save

@@ -49,19 +49,6 @@ class ModelConfig:
     input_scale: float = 1.0
     dropout: float = 0.5
     lrn: bool = True
-    standardize: bool = False
-    """Z-score each input volume (mean 0, s.d. 1 over its 9 slices) before conv1 (MONAI
-    ``NormalizeIntensity`` semantics).  Off by default: the extraction already scales each scan to
-    [0, 1] by robust percentiles, and the trials below did not show it helping."""
-    conv_init: str = "fan_out"
-    """He-initialisation mode of the convolutions: ``fan_out`` (default) or ``fan_in``."""
-    fc7_gain: float = 1.0
-    fc8_gain: float = 1.0
-    """Extra initialisation gains of the embedding layer and of the heads reading it.  Trial on the
-    64-subject benchmark cohort (docs/pretraining.md): fan-in + standardised input + fc7 x0.1 /
-    fc8 x10 made the level loss fall when over-fitting 64 fixed pairs, but in a real 4-epoch run
-    (augmented, fresh pairs) the level head still sat at chance and the pair AUC fell (test 0.65 vs
-    0.82), so the defaults stay those of the runs documented there."""
     aux_heads: dict = field(default_factory=dict)
     """Optional extra heads on fc7, name -> number of classes (e.g. {"sex": 2}); off by default."""
 
@@ -80,10 +67,6 @@ class ModelConfig:
             raise ConfigError(f"model input_scale must be in (0, 1], got {self.input_scale}")
         if self.fc6 < 1 or self.fc7 < 1:
             raise ConfigError("model fc6/fc7 sizes must be positive")
-        if self.conv_init not in ("fan_in", "fan_out"):
-            raise ConfigError(f"conv_init must be 'fan_in' or 'fan_out', got {self.conv_init!r}")
-        if self.fc7_gain <= 0 or self.fc8_gain <= 0:
-            raise ConfigError("fc7_gain and fc8_gain must be positive")
         if not (0 <= self.dropout < 1):
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -132,20 +115,25 @@ class LRN(nn.Module):
     def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0):
         super().__init__()
         self.size, self.alpha, self.beta, self.k = int(size), float(alpha), float(beta), float(k)
+        self._kernels: dict = {}  # (channels, dims, dtype, device) -> (band weight, bias); not state
 
-    def _band(self, c: int, like: torch.Tensor) -> torch.Tensor:
-        i = torch.arange(c, device=like.device)
-        diff = i[None, :] - i[:, None]  # input channel - output channel
-        band = (diff >= -(self.size // 2)) & (diff <= (self.size - 1) // 2)
-        return (band.to(like.dtype) * (self.alpha / self.size)).view(c, c, *([1] * (like.dim() - 2)))
+    def _kernel(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c = x.shape[1]
+        key = (c, x.dim(), x.dtype, x.device)
+        if key not in self._kernels:
+            i = torch.arange(c, device=x.device)
+            diff = i[None, :] - i[:, None]  # input channel - output channel
+            band = (diff >= -(self.size // 2)) & (diff <= (self.size - 1) // 2)
+            weight = (band.to(x.dtype) * (self.alpha / self.size)).view(c, c, *([1] * (x.dim() - 2)))
+            self._kernels[key] = (weight, torch.full((c,), self.k, dtype=x.dtype, device=x.device))
+        return self._kernels[key]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = x.shape[1]
         conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[x.dim()]
-        d = conv(x * x, self._band(c, x), bias=torch.full((c,), self.k, dtype=x.dtype, device=x.device))
+        d = conv(x * x, *self._kernel(x))
         if self.beta != 0.75:
             return x * d.pow(-self.beta)
-        if torch.is_grad_enabled() and (x.requires_grad or d.requires_grad):
+        if torch.is_grad_enabled() and x.requires_grad:
             r = torch.rsqrt(d)
             return x * r * torch.sqrt(r)
         r = d.rsqrt_()
@@ -181,15 +169,6 @@ class Trunk(nn.Module):
         return F.max_pool2d(x, 2)
 
 
-def standardize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Per-volume z-score of a ``(B, 1, D, H, W)`` batch, computed in float32 (also under
-    autocast); a constant volume maps to zeros."""
-    xf = x.float()
-    mean = xf.mean(dim=(1, 2, 3, 4), keepdim=True)
-    std = xf.std(dim=(1, 2, 3, 4), keepdim=True)
-    return ((xf - mean) / (std + eps)).to(x.dtype)
-
-
 class VGGMNet(nn.Module):
     """Volume classifier/embedder.  ``forward(x) -> (embedding fc7, logits fc8)``.
 
@@ -213,35 +192,28 @@ class VGGMNet(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """He initialisation (ReLU gain; ``config.conv_init`` mode for the convolutions): PyTorch's
-        default shrinks activations through the 7 layers before fc7 and the contrastive loss then
-        starts from collapsed embeddings.  Then the ``fc7_gain`` / ``fc8_gain`` rescaling of the
-        embedding and its heads (see ModelConfig)."""
+        """He initialisation (ReLU gain) so activations keep their scale through the 7 layers
+        before fc7; PyTorch's default shrinks them and the contrastive loss then starts from
+        collapsed embeddings."""
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Conv3d)):
-                nn.init.kaiming_normal_(m.weight, mode=self.config.conv_init, nonlinearity="relu")
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Linear):
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
         for head in [self.fc8, *self.aux.values()]:   # linear heads: unit gain (no ReLU follows)
             nn.init.kaiming_normal_(head.weight, mode="fan_in", nonlinearity="linear")
-        with torch.no_grad():
-            self.fc7.weight.mul_(self.config.fc7_gain)
-            for head in [self.fc8, *self.aux.values()]:
-                head.weight.mul_(self.config.fc8_gain)
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 5 or x.shape[1] != 1 or x.shape[2] != DEPTH:
             raise ValueError(f"expected input (B, 1, {DEPTH}, H, W), got {tuple(x.shape)}")
         hw = tuple(x.shape[-2:])
-        if hw != self.net_hw:
-            if hw != self.in_hw:
-                raise ValueError(f"expected in-plane size {self.in_hw} or {self.net_hw}, got {hw}")
-            x = F.adaptive_avg_pool3d(x, (DEPTH, *self.net_hw))
-        if self.config.standardize:
-            x = standardize(x)
-        return x
+        if hw == self.net_hw:
+            return x
+        if hw != self.in_hw:
+            raise ValueError(f"expected in-plane size {self.in_hw} or {self.net_hw}, got {hw}")
+        return F.adaptive_avg_pool3d(x, (DEPTH, *self.net_hw))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         f = self.trunk(self.prepare_input(x)).flatten(1)

@@ -259,7 +259,7 @@ def _image_records(root: Path, table: Path, salt: str, result: IndexResult):
     """Records for NIfTI/NRRD/MHA files listed in a table (file, subject, date|interval_days)."""
     from .io import is_image_file, obliquity_deg, plane_name, read_image
 
-    rows = _read_table(table)
+    rows = read_table(table)
     if not rows:
         raise ManifestError("table has no rows", table)
     cols = set(rows[0])
@@ -298,7 +298,7 @@ def _image_records(root: Path, table: Path, salt: str, result: IndexResult):
     return records
 
 
-def _read_table(path) -> list[dict]:
+def read_table(path) -> list[dict]:
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             sample = f.read(4096)
@@ -315,7 +315,7 @@ def _read_table(path) -> list[dict]:
 
 def load_families(path) -> dict[str, str]:
     """PatientID (or subject) -> family id from a CSV with an id and a family column."""
-    rows = _read_table(path)
+    rows = read_table(path)
     if not rows:
         return {}
     cols = list(rows[0])
@@ -469,7 +469,7 @@ def locate_sources(cohort_dir, root=None, scan_keys=None) -> dict[str, list[str]
                 want[r["file_hash"]] = r["scan_key"]
     out: dict[str, list[str]] = {}
     if meta.get("format") == "image" and meta.get("table"):
-        rels = [r["file"] for r in _read_table(meta["table"])]
+        rels = [r["file"] for r in read_table(meta["table"])]
         paths = [str(root / r) for r in rels]
     else:
         paths = iter_files(root)

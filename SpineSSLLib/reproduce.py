@@ -37,15 +37,15 @@ class ReproduceConfig:
     """Subjects of the synthetic cohort (when no cohort folder is given)."""
     supervised_subjects: int = 32
     """Subjects of the second, disjoint, fully graded synthetic cohort (the supervised source)."""
-    synth_args: list = field(default_factory=list)
-    """Extra flags for ``spine-ssl synth`` (both cohorts)."""
-    model_preset: str = "small"
-    pretrain_args: list = field(default_factory=list)
-    """Extra flags for ``spine-ssl pretrain``."""
+    synth: dict = field(default_factory=dict)
+    """``SynthConfig`` fields for both synthetic cohorts (beside subjects and seed)."""
+    pretrain: dict = field(default_factory=dict)
+    """``PretrainConfig`` values laid over its recipe (nested, e.g. ``{"train": {"max_epochs": 4}}``)."""
     grade: dict = field(default_factory=dict)
-    """``GradeTrainConfig`` fields for every grading run (epochs, batch size, ...)."""
+    """``GradeTrainConfig`` values for every grading run (nested, e.g. ``{"train": {"max_epochs": 6}}``);
+    its ``model`` is the network of the scratch / frozen-random runs."""
     supervised_grade: dict = field(default_factory=dict)
-    """``GradeTrainConfig`` overrides for training the supervised source network."""
+    """``GradeTrainConfig`` values laid over ``grade`` for training the supervised source network."""
     modes: tuple = ("frozen-random", "scratch", "ssl-frozen", "ssl-finetune", "supervised")
     seeds: tuple = (0, 1, 2)
     paper_sizes: tuple = (240, 361, 670)
@@ -59,16 +59,23 @@ class ReproduceConfig:
 
 PRESETS = {
     "small": ReproduceConfig(
-        name="small", subjects=64, supervised_subjects=32, model_preset="small",
-        pretrain_args=["--preset", "small", "--epochs", "4", "--lr", "0.01", "--patience", "3", "--workers", "0"],
-        grade=dict(max_epochs=6, patience=3, max_lr_drops=1, batch_size=16, lr=1e-3, fc_init="data"),
-        supervised_grade=dict(max_epochs=10),
+        name="small", subjects=64, supervised_subjects=32,
+        pretrain={"model": {"preset": "small"}, "train": {"max_epochs": 4, "lr": 0.01, "patience": 3,
+                                                          "num_workers": 0, "optimizer": "sgd",
+                                                          "schedule": "plateau", "weight_decay": 5e-4,
+                                                          "grad_clip": 0.0, "warmup_epochs": 0.0},
+                  "loss": {"objective": "contrastive", "normalize": False, "projection": 0}},
+        grade={"model": {"preset": "small"},
+               "train": {"max_epochs": 6, "patience": 3, "max_lr_drops": 1, "batch_size": 16, "lr": 1e-3,
+                         "optimizer": "sgd", "schedule": "plateau", "weight_decay": 5e-4, "grad_clip": 0.0,
+                         "warmup_epochs": 0.0, "num_workers": 0},
+               "transfer": {"fc_init": "data"}},
+        supervised_grade={"train": {"max_epochs": 10}},
     ),
     "paper": ReproduceConfig(
-        name="paper", subjects=1016, supervised_subjects=500, model_preset="paper",
-        pretrain_args=["--preset", "paper"],
-        grade=dict(max_epochs=2000, patience=10, max_lr_drops=2, batch_size=128, lr=1e-3),
-        supervised_grade=dict(),
+        name="paper", subjects=1016, supervised_subjects=500,
+        pretrain={"recipe": "paper"},
+        grade={"recipe": "paper"},
         eval_tta=True,
     ),
 }
@@ -145,13 +152,6 @@ class Reproduction:
         self.state["stages"][name] = {"wall_s": round(time.time() - t0, 1), "finished_unix": int(time.time())}
         self._save_state()
 
-    @staticmethod
-    def _cli(argv: list[str]) -> None:
-        from .cli import main
-
-        rc = main([str(a) for a in argv])
-        if rc not in (0, 1):
-            raise SpineSSLError(f"`spine-ssl {' '.join(str(a) for a in argv)}` failed (exit {rc})")
 
     # --- paths
     @property
@@ -179,21 +179,25 @@ class Reproduction:
         return self.out / "supervised_model"
 
     # --- stages
-    def _synth(self, out: Path, subjects: int, seed: int, extra: list[str]):
-        self._cli(["-q", "synth", out, "--subjects", subjects, "--seed", seed, "--overwrite", *extra])
+    def _synth(self, out: Path, subjects: int, seed: int, extra: dict):
+        from .synth.cohort import generate_cohort
+        from .synth.config import SynthConfig
+
+        generate_cohort(out, SynthConfig(**{**self.cfg.synth, **extra, "subjects": subjects, "seed": seed}),
+                        overwrite=True, workers=1)
 
     def prepare_cohorts(self):
         cfg = self.cfg
         if self.user_cohort is None:
             self._stage("synth", (self.raw_cohort / "cohort.json").is_file(),
-                        lambda: self._synth(self.raw_cohort, cfg.subjects, cfg.cohort_seed, cfg.synth_args))
+                        lambda: self._synth(self.raw_cohort, cfg.subjects, cfg.cohort_seed, {}))
         self._stage("index+extract", (self.work / "volumes.csv").is_file(),
                     lambda: self._index_extract(self.raw_cohort, self.work, self.levels))
         if "supervised" in cfg.modes:
             if self.user_supervised is None:
                 self._stage("synth-supervised", (self.sup_raw / "cohort.json").is_file(),
                             lambda: self._synth(self.sup_raw, cfg.supervised_subjects, cfg.cohort_seed + 1000,
-                                                [*cfg.synth_args, "--graded-fraction", "1.0"]))
+                                                {"graded_fraction": 1.0}))
             self._stage("index+extract-supervised", (self.sup_work / "volumes.csv").is_file(),
                         lambda: self._index_extract(self.sup_raw, self.sup_work, self.supervised_levels))
 
@@ -203,24 +207,44 @@ class Reproduction:
                 raise ConfigError("a cohort without synthetic truth files needs a level source "
                                   "(--levels KIND:FOLDER, as for `spine-ssl extract`)", raw)
             levels = f"truth:{raw / 'truth'}"
-        self._cli(["-q", "index", raw, "--out", work])
-        self._cli(["-q", "extract", work, "--levels", levels])
+        from .extract import LevelSource, run_extraction
+        from .index import build_index
+
+        build_index(raw, work)
+        run_extraction(work, LevelSource.parse(levels))
 
     def pretrain(self):
         from . import checkpoint as ckpt
 
         splits_file = self.pretrain_splits_for_grading()
 
+        from . import pretrain as P
+
+        cfg = self.pretrain_config()
+
         def go():
-            self._cli(["-q", "pretrain", self.work, "--out", self.pretrain_dir, "--splits", splits_file,
-                       *self.cfg.pretrain_args, *(["--resume"] if ckpt.exists(self.pretrain_dir / "last") else [])])
+            P.run_pretraining(self.work, self.pretrain_dir, cfg, splits_path=splits_file,
+                              resume=ckpt.exists(self.pretrain_dir / "last"), progress=False)
 
         self._stage("pretrain", ckpt.exists(self.pretrain_dir / "best") and
                     (self.pretrain_dir / "fit.json").is_file(), go)
         # the paper's §4.1 figures on the pretraining test split (same/different AUC, level accuracy)
         self._stage("eval-pairs", (self.pretrain_dir / "eval_test" / "report.json").is_file(),
-                    lambda: self._cli(["-q", "eval-pairs", self.pretrain_dir, self.work, "--out",
-                                       self.pretrain_dir / "eval_test", "--split", "test"]))
+                    lambda: P.evaluate_checkpoint(self.pretrain_dir, self.work, self.pretrain_dir / "eval_test",
+                                                  split="test", progress=False))
+
+    def pretrain_config(self):
+        from . import pretrain as P
+
+        d = dict(self.cfg.pretrain)
+        return P.load_config(overrides=_flatten(d), recipe=d.pop("recipe", None))
+
+    def grade_config(self, extra: dict):
+        from .grading.train import load_config
+
+        d = _merge(self.cfg.grade, extra)
+        recipe = d.pop("recipe", None)
+        return load_config(overrides=_flatten(d), recipe=recipe)
 
     def pretrain_splits_for_grading(self) -> Path:
         """The pretraining split (``data.make_splits``: 80:10:10 by family) with the future grading
@@ -252,8 +276,7 @@ class Reproduction:
         from . import grading
 
         def go():
-            gcfg = grading.GradeTrainConfig(mode="scratch", model_preset=self.cfg.model_preset,
-                                            **{**self.cfg.grade, **self.cfg.supervised_grade})
+            gcfg = self.grade_config(_merge(self.cfg.supervised_grade, {"transfer": {"mode": "scratch"}}))
             grading.train_grading(self.sup_work, self.supervised_dir, gcfg,
                                   resume=ckpt.exists(self.supervised_dir / "last"))
 
@@ -327,9 +350,8 @@ class Reproduction:
                     self.log(f"[reproduce] {spec.key}: another process is on it - skipped")
                     continue
                 try:
-                    gcfg = grading.GradeTrainConfig(mode=spec.mode, model_preset=self.cfg.model_preset,
-                                                    pretrained=str(grading.resolve_checkpoint_dir(pre)) if pre else None,
-                                                    seed=spec.seed, **self.cfg.grade)
+                    gcfg = self.grade_config({"transfer": {"mode": spec.mode, "pretrained": str(pre) if pre else None},
+                                              "train": {"seed": spec.seed}})
                     t0 = time.time()
                     res = grading.train_grading(self.work, rdir, gcfg, splits=splits,
                                                 train_subjects=subsets[spec.size], class_names=class_names,
@@ -384,6 +406,25 @@ class Reproduction:
         self.state.setdefault("session_wall_s", []).append(round(time.time() - t0, 1))
         self._save_state()
         return write_report(self)
+
+
+def _merge(a: dict, b: dict) -> dict:
+    from .config import merge
+
+    return merge(a, b)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    """``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}`` (the overrides ``config.load`` takes);
+    ``model`` stays one dict so a preset name and its overrides go together."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and k != "model" and k != "aux_heads":
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
 
 
 def _claim(rdir: Path) -> bool:
@@ -680,7 +721,7 @@ def write_report(rep: Reproduction) -> Path:
     L += [f"Cohort: `{rep.raw_cohort.name}`; grading subjects train / val / test = "
           f"{len(splits.get('train', []))} / {len(splits.get('val', []))} / {len(splits.get('test', []))}; "
           f"modes {', '.join(rep.cfg.modes)}; seeds {', '.join(map(str, rep.cfg.seeds))}.", ""]
-    L += [f"Configuration: pretraining `{' '.join(map(str, rep.cfg.pretrain_args))}`; grading "
+    L += [f"Configuration: pretraining `{json.dumps(rep.cfg.pretrain, sort_keys=True)}`; grading "
           f"`{json.dumps(rep.cfg.grade, sort_keys=True)}`; supervised source `{json.dumps(rep.cfg.supervised_grade)}`; "
           f"machine: {_machine()}.", ""]
     for note in splits.get("notes", []):

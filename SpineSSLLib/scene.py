@@ -939,66 +939,53 @@ def save_outputs(outputs: SceneOutputs, out_dir, stem: str) -> dict[str, Path]:
 
 
 # --------------------------------------------------------------------------------------------
-# models on one scan (in-process: grading one scan is fast enough for the GUI thread)
+# models on one scan (in-process: grading one scan is fast enough for the GUI thread); the
+# library's loaders, adapted to the results table
 
-def _load_model(checkpoint_dir, device: str = "cpu", default_in_hw=(224, 224)):
-    """(VGGMNet with the checkpoint's weights, its checkpoint config) from a SpineSSL checkpoint
-    (a folder with checkpoint.json, or a training folder with best/ or last/)."""
-    from . import checkpoint as ckpt
-    from . import grading
-    from .errors import CheckpointError
-    from .models import VGGMNet
-
-    d = grading.resolve_checkpoint_dir(checkpoint_dir)
-    config = ckpt.read_meta(d).get("config") or {}
-    n_cls = int(config.get("num_classes") or 0)
-    if n_cls < 1:
-        raise CheckpointError("checkpoint has no num_classes", d)
-    model = VGGMNet(grading.pretrained_model_config(d), n_cls, tuple(config.get("in_hw") or default_in_hw))
-    ckpt.load_checkpoint(d, model, device=device)
-    return model.to(device).eval(), config
+def results_from_grades_doc(doc: dict) -> list[StructureResult]:
+    """Disc rows of the results table from a grades document (``grading.grade_volumes``)."""
+    out = []
+    names = doc["model"]["class_names"]
+    for d in doc["discs"]:
+        if not d["present"]:
+            continue
+        g = d["grade"]
+        out.append(StructureResult(d["level"], int(g) if g is not None and str(g).isdigit() else None,
+                                   [float(d["probabilities"][c]) for c in names]))
+    return out
 
 
 def grade_volumes(volumes, checkpoint_dir, tta: bool = True, device: str = "auto") -> list[StructureResult]:
-    """Grade the extracted discs of one scan with a grading checkpoint (``spine-ssl grade-train``)."""
+    """Grade the extracted discs of one scan with a grading checkpoint (``spine-ssl grade-train``):
+    ``grading.load_grading_model`` + ``grading.grade_volumes``, adapted to table rows."""
     from . import grading
-    from .errors import CheckpointError
-    from .extract import select_device
 
-    dev = select_device(device)
-    model, config = _load_model(checkpoint_dir, device=str(dev), default_in_hw=volumes.ivd.shape[-2:])
-    if config.get("task") not in (None, "grade"):
-        raise CheckpointError(f"not a grading model (task {config.get('task')!r})", checkpoint_dir)
-    class_names = [str(c) for c in config.get("class_names") or range(1, model.num_classes + 1)]
-    present = np.flatnonzero(volumes.ivd_present)
-    if len(present) == 0:
-        return []
-    proba = grading.predict_proba(model, volumes.ivd[present], grading.TTAConfig() if tta else None, device=dev)
-    out = []
-    for di, row in zip(present, proba):
-        label = class_names[int(np.argmax(row))]
-        out.append(StructureResult(volumes.discs[di], int(label) if label.isdigit() else None,
-                                   [float(p) for p in row]))
-    return out
+    gm = grading.load_grading_model(checkpoint_dir, device)
+    doc = grading.grade_volumes(gm, volumes.ivd, volumes.ivd_present, volumes.discs, volumes.ivd_affine,
+                                grading.TTAConfig() if tta else grading.TTAConfig.none())
+    return results_from_grades_doc(doc)
 
 
 def compare_volumes(volumes_a, volumes_b, checkpoint_dir, threshold: float | None = None,
                     device: str = "auto") -> list[StructureResult]:
-    """Per vertebral level, the L2 distance between the fc7 embeddings of the same VB in two
-    scans (the paper's Fig. 6), and the same/different call when a threshold is given."""
+    """Per vertebral level, the distance between the pair embeddings of the same VB in two scans
+    (the paper's Fig. 6; the space the pretraining's pair loss shaped: fc7, or its projection),
+    and the same/different call when a threshold is given."""
     import torch
 
-    from .extract import select_device
+    from .pretrain import load_pretrained
 
-    dev = select_device(device)
-    model, _ = _load_model(checkpoint_dir, device=str(dev))
+    pm = load_pretrained(checkpoint_dir, device)
     both = np.flatnonzero(volumes_a.vb_present & volumes_b.vb_present)
     if len(both) == 0:
         return []
+    dev = next(pm.model.parameters()).device
     with torch.inference_mode():
-        xa = torch.as_tensor(volumes_a.vb[both], dtype=torch.float32, device=dev).unsqueeze(1)
-        xb = torch.as_tensor(volumes_b.vb[both], dtype=torch.float32, device=dev).unsqueeze(1)
-        dist = torch.linalg.vector_norm(model.embed(xa) - model.embed(xb), dim=1).cpu().numpy()
+        za, _ = pm.model.pair_embedding(torch.as_tensor(volumes_a.vb[both], dtype=torch.float32, device=dev).unsqueeze(1))
+        zb, _ = pm.model.pair_embedding(torch.as_tensor(volumes_b.vb[both], dtype=torch.float32, device=dev).unsqueeze(1))
+        if pm.normalize:
+            za, zb = torch.nn.functional.normalize(za, dim=1), torch.nn.functional.normalize(zb, dim=1)
+        dist = torch.linalg.vector_norm(za - zb, dim=1).cpu().numpy()
     return [StructureResult(volumes_a.levels[i], distance=float(d),
                             same=None if threshold is None else bool(d <= threshold))
             for i, d in zip(both, dist)]

@@ -640,7 +640,7 @@ def test_grade_truncated_checkpoint_keeps_earlier_grades(tmp_path, grading_model
 def test_grade_folder_that_is_not_a_model(tmp_path, volume_file, capsys):
     (tmp_path / "m").mkdir()
     cli_error(capsys, CheckpointError, ["grade", str(tmp_path / "m"), "--volumes", str(volume_file), "--out", str(tmp_path / "o")],
-              tmp_path / "m", "not a SpineSSL checkpoint folder")
+              tmp_path / "m", "not a grading checkpoint folder")
 
 
 def test_grade_with_the_detector_model(tmp_path, volume_file, capsys):

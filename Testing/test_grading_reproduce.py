@@ -49,8 +49,8 @@ def test_runner_resumes_and_reports(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()
     cfg = reproduce.preset("small", modes=("frozen-random", "scratch"), seeds=(0,),
-                           grade=dict(max_epochs=1, batch_size=16, model_overrides=TINY, augment=False,
-                                      device="cpu"))
+                           grade={"model": {"preset": "small", **TINY}, "augment": {"enabled": False},
+                                  "train": {"max_epochs": 1, "batch_size": 16, "device": "cpu"}})
     rep = reproduce.Reproduction(out, cfg, cohort=raw, log=lambda *a: None)
     rep.run(command="spine-ssl reproduce --test", max_new_runs=2)  # "interrupted" after 2 runs
     with open(out / "results.csv") as f:

@@ -522,7 +522,8 @@ def to_sagittal_axes(scan: Scan) -> Scan:
 
 
 def read_scan(path, max_oblique_deg: float | None = 30.0) -> Scan:
-    """A folder -> DICOM series; a .nii/.nii.gz/.nrrd/.mha/.mhd file -> SimpleITK."""
+    """A folder -> DICOM series; a .nii/.nii.gz/.nrrd/.mha/.mhd file -> SimpleITK; a multi-frame
+    DICOM file (Enhanced MR) -> its series."""
     from .errors import InputError
 
     if os.path.isdir(path):
@@ -538,7 +539,13 @@ def read_scan(path, max_oblique_deg: float | None = 30.0) -> Scan:
             raise GeometryError("single-slice volume (a 3D sagittal stack is needed)", path)
         check_spacing(scan.spacing[:2], scan.spacing[2], path)
         return scan
-    raise InputError("not a folder of DICOM files nor a NIfTI/NRRD/MHA image", path)
+    if os.path.isfile(path):  # a multi-frame DICOM file holds a whole series
+        from .multiframe import MultiFrameHeader
+
+        header = read_header(path)
+        if isinstance(header, MultiFrameHeader):
+            return read_dicom_series([os.fspath(path)], max_oblique_deg=max_oblique_deg, headers=[header])
+    raise InputError("not a folder of DICOM files, a multi-frame DICOM file nor a NIfTI/NRRD/MHA image", path)
 
 
 def check_sagittal(affine, where, max_oblique_deg: float = 30.0, normal=None) -> None:

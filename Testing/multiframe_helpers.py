@@ -9,7 +9,8 @@ and Siemens enhanced MR files keep them), matched through the frame's Conversion
 reference.  It also copies the first image's orientation into the shared groups whatever the
 others hold, so files with several orientations get a per-frame Plane Orientation instead.
 ``as_enhanced_mr`` rewrites a converted file the way native Enhanced MR files carry
-the echo time (MR Echo functional group, ``EffectiveEchoTime``)."""
+the echo time (MR Echo functional group, ``EffectiveEchoTime``: shared, or per frame when the
+file holds several echoes)."""
 
 from __future__ import annotations
 
@@ -67,20 +68,28 @@ def as_enhanced_mr(path, out_path):
     import pydicom
 
     ds = pydicom.dcmread(str(path))
-    te = None
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    un = shared.get("UnassignedSharedConvertedAttributesSequence")
+    shared_te = None
+    if un and "EchoTime" in un[0]:
+        shared_te = un[0].EchoTime
+        del un[0].EchoTime
+    per_frame = []
     for item in ds.PerFrameFunctionalGroupsSequence:
         un = item.get("UnassignedPerFrameConvertedAttributesSequence")
+        te = shared_te
         if un and "EchoTime" in un[0]:
             te = un[0].EchoTime
             del un[0].EchoTime
-    shared = ds.SharedFunctionalGroupsSequence[0]
-    un = shared.get("UnassignedSharedConvertedAttributesSequence")
-    if un and "EchoTime" in un[0]:
-        te = un[0].EchoTime
-        del un[0].EchoTime
-    if te is not None:
+        per_frame.append(te)
+    if len({float(t) for t in per_frame if t is not None}) > 1:  # several echoes: per frame
+        for item, te in zip(ds.PerFrameFunctionalGroupsSequence, per_frame):
+            echo = pydicom.Dataset()
+            echo.EffectiveEchoTime = te
+            item.MREchoSequence = [echo]
+    elif per_frame and per_frame[0] is not None:
         echo = pydicom.Dataset()
-        echo.EffectiveEchoTime = te
+        echo.EffectiveEchoTime = per_frame[0]
         shared.MREchoSequence = [echo]
     ds.SOPClassUID = ENHANCED_MR
     ds.file_meta.MediaStorageSOPClassUID = ENHANCED_MR

@@ -18,7 +18,7 @@ from multiframe_helpers import as_enhanced_mr, edit, legacy_convert, read_series
 from SpineSSLLib.cli import main as cli
 from SpineSSLLib.errors import DicomError, GeometryError
 from SpineSSLLib.extract import load_volumes
-from SpineSSLLib.io import read_dicom_series, read_header
+from SpineSSLLib.io import read_dicom_series, read_header, read_scan
 from SpineSSLLib.synth.dicom import write_series
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -106,6 +106,8 @@ def test_multiframe_copy_reads_like_the_single_frame_series(pair, name, tmp_path
     assert b.meta["n_files"] == 1
     if name == "oblique":
         assert 15 < a.meta["obliquity_deg"] < 30
+    # a multi-frame file is a whole series: `grade SCAN` / read_scan take the file itself
+    np.testing.assert_array_equal(read_scan(pair["files"][name]).array, a.array)
     # the Enhanced MR flavour (echo time in the MR Echo functional group) reads the same
     enh = as_enhanced_mr(pair["files"][name], tmp_path / "enh.dcm")
     c = read_dicom_series([enh])
@@ -178,7 +180,11 @@ def test_several_stacks_in_one_file_the_sagittal_t2_stack_is_indexed_and_extract
     labels = [f.stack for f in read_header(tmp_path / "mf" / "three.dcm").frame_headers]
     assert labels == ["1"] * 13 + ["2"] * 13 + ["3"] * 6
     scan = read_dicom_series([tmp_path / "mf" / "three.dcm"])
-    np.testing.assert_array_equal(scan.array, read_dicom_series(tmp_path / "sf" / "t2").array)
+    t2_scan = read_dicom_series(tmp_path / "sf" / "t2")
+    np.testing.assert_array_equal(scan.array, t2_scan.array)
+    # Enhanced MR flavour: the two echoes told apart by their per-frame MR Echo groups
+    enh = read_dicom_series([as_enhanced_mr(tmp_path / "mf" / "three.dcm", tmp_path / "enh" / "three.dcm")])
+    np.testing.assert_array_equal(enh.array, t2_scan.array)
 
     lev = tmp_path / "levels"
     lev.mkdir()

@@ -227,12 +227,15 @@ def unique_instances(headers: list) -> list:
     cannot be told)."""
     from .errors import DicomError
 
-    seen, out = {}, []
+    seen, out, same = {}, [], {}
     for h in headers:
         key = (h.sop_uid, h.rows, h.columns, None if h.ipp is None else tuple(np.round(h.ipp, 3)))
         if h.sop_uid and key in seen:
             first = seen[key]
-            if not _same_pixel_data(first.path, h.path):
+            pair = (first.path, h.path)  # frames of one multi-frame copy: its files compared once
+            if pair not in same:
+                same[pair] = _same_pixel_data(*pair)
+            if not same[pair]:
                 raise DicomError(f"two files with the same SOPInstanceUID hold different pixel data "
                                  f"({os.path.basename(first.path)}, {os.path.basename(h.path)})",
                                  os.path.dirname(h.path))

@@ -304,3 +304,20 @@ def test_bad_multiframe_input_is_one_line_naming_the_file(pair, tmp_path, capsys
     assert [(r["file"], r["error_type"]) for r in errs] == [("bad.dcm", exc.__name__)]
     assert cause in errs[0]["message"]
     assert sum(r["status"] == "selected" for r in _csv(tmp_path / "C" / "series.csv")) == 1
+
+
+def test_an_exact_copy_of_a_multiframe_file_is_read_once(pair, tmp_path):
+    src = pair["files"]["reversed"]
+    (tmp_path / "s").mkdir()
+    shutil.copy(src, tmp_path / "s" / "IM.dcm")
+    shutil.copy(src, tmp_path / "s" / "IM (1).dcm")
+    np.testing.assert_array_equal(read_dicom_series(tmp_path / "s").array, read_dicom_series([src]).array)
+
+    def other_pixels(ds):
+        px = ds.pixel_array.copy()
+        px[0, 0, 0] += 1
+        ds.PixelData = px.tobytes()
+
+    edit(src, tmp_path / "s" / "IM (1).dcm", other_pixels)
+    with pytest.raises(DicomError, match="two files with the same SOPInstanceUID hold different pixel data"):
+        read_dicom_series(tmp_path / "s")

@@ -199,7 +199,8 @@ def choose_stack(groups: dict[str, list], where, spacing_tol: float = 0.05,
                  max_oblique_deg: float | None = 30.0) -> str:
     """Label of the stack that is read from a series split into stacks: of the stacks whose
     geometry is valid and sagittal within ``max_oblique_deg``, the one with the most frames
-    (ties: the longest echo time, i.e. the T2 echo of a dual-echo series; then the first label).  One stack: its label.  None usable: ``GeometryError`` listing why."""
+    (ties: the longest echo time, i.e. the T2 echo of a dual-echo series; then the first label).
+    One stack: its label.  None usable: ``GeometryError`` listing why."""
     from .errors import SpineSSLError
     from .io import series_geometry
 

@@ -12,7 +12,7 @@ structures without a value are not painted."""
 from __future__ import annotations
 
 import numpy as np
-from extract_phantom import DISC_HEIGHT, VB_DEPTH, VB_HEIGHT, VB_WIDTH
+from extract_phantom import DISC_HEIGHT, VB_HEIGHT, VB_WIDTH
 
 from SpineSSLLib import DISC_NAMES, LEVEL_NAMES
 
@@ -116,6 +116,7 @@ def whole_bone_labels(affine, shape, levels, values: dict, tilt_deg: float = 8.0
         top = centres["T11"] - h * down
         length = float((centres["S1"] - top) @ down) + h
         d = p - top
-        m = ((d @ post) > w + 0.5) & ((d @ post) < w + 14) & (np.abs(x) < 10) & ((d @ down) >= 0) & ((d @ down) <= length)
+        a, b = d @ post, d @ down
+        m = (a > w + 0.5) & (a < w + 14) & (np.abs(x) < 10) & (b >= 0) & (b <= length)
         lab[m & (lab == 0)] = values["canal"]
     return lab.reshape(shape).astype(np.int32)

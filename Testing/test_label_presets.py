@@ -7,7 +7,6 @@ the truth's levels and volumes."""
 from __future__ import annotations
 
 import csv
-import json
 import shutil
 
 import numpy as np
@@ -148,7 +147,8 @@ def cohort(tmp_path_factory):
     c_syn = out.parent / "C_synthetic"  # the same label maps in SpineSSL's own numbering
     shutil.copytree(c, c_syn)
     assert cli(["-q", "extract", str(c), "--levels", f"truth:{out / 'truth'}"]) == 0
-    assert cli(["-q", "extract", str(c_syn), "--levels", f"labels:{out / 'truth'}", "--label-mapping", "synthetic"]) == 0
+    assert cli(["-q", "extract", str(c_syn), "--levels", f"labels:{out / 'truth'}",
+                "--label-mapping", "synthetic"]) == 0
     return out, c, c_syn
 
 

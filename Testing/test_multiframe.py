@@ -198,7 +198,8 @@ def test_several_stacks_in_one_file_the_sagittal_t2_stack_is_indexed_and_extract
     assert sorted((r["status"], r["orientation"], r["echo_time_ms"]) for r in rows) == [
         ("rejected", "axial", "100"), ("rejected", "sagittal", "20"), ("selected", "sagittal", "100")]
     by = {(r["orientation"], r["echo_time_ms"]): r for r in rows}
-    assert by[("sagittal", "20")]["reason"] == "stack 1 of a multi-frame series: stack 2 is the one read (sagittal, most frames)"
+    assert by[("sagittal", "20")]["reason"] == ("stack 1 of a multi-frame series: stack 2 is the one read "
+                                                "(sagittal, most frames)")
     assert by[("axial", "100")]["reason"] == "not sagittal (axial slices)"
     assert len({r["scan_key"] for r in rows}) == 3
     for c in (c_sf, c_mf):

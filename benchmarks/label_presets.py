@@ -132,7 +132,8 @@ def sacrum_part(work: Path) -> dict:
     from SpineSSLLib.synth.labels import SACRUM_LABEL, vertebra_label
 
     out = work / "sacrum"
-    with mock.patch.object(render, "vertebra_label", lambda n: SACRUM_LABEL if n in ("S2", "S3") else vertebra_label(n)):
+    sacral = lambda n: SACRUM_LABEL if n in ("S2", "S3") else vertebra_label(n)  # noqa: E731
+    with mock.patch.object(render, "vertebra_label", sacral):
         generate_cohort(out, preset("tiny", subjects=4, followup_fraction=0.0, twin_fraction=0.0))
     plain = {v: k for k, v in L.resolve_label_mapping("totalseg_mr").items()} | {"S1": 1}
     ways = {"S1 cut from the sacrum (totalseg_mr)": [], "whole sacrum as S1 (plain mapping)": [],
@@ -157,10 +158,13 @@ def sacrum_part(work: Path) -> dict:
         h = 0.5 * float(np.linalg.norm(c[3] - c[0]) + np.linalg.norm(c[2] - c[1])) / 2
         drop = np.abs(sv) > h + 0.5
         alone[tuple(np.array(k)[:, drop])] = 0
-        sets = {"S1 cut from the sacrum (totalseg_mr)": L.from_labelmap(tool, scan, L.resolve_label_mapping("totalseg_mr"), where="t"),
-                "whole sacrum as S1 (plain mapping)": L.from_labelmap(tool, scan, {v_: k_ for k_, v_ in plain.items()}, where="p"),
-                "S1 segment labelled alone (synthetic)": L.from_labelmap(Scan(alone.astype(np.float32), labs.affine), scan,
-                                                                         L.resolve_label_mapping("synthetic"), where="s")}
+        alone_scan = Scan(alone.astype(np.float32), labs.affine)
+        sets = {"S1 cut from the sacrum (totalseg_mr)":
+                L.from_labelmap(tool, scan, L.resolve_label_mapping("totalseg_mr"), where="t"),
+                "whole sacrum as S1 (plain mapping)":
+                L.from_labelmap(tool, scan, {v_: k_ for k_, v_ in plain.items()}, where="p"),
+                "S1 segment labelled alone (synthetic)":
+                L.from_labelmap(alone_scan, scan, L.resolve_label_mapping("synthetic"), where="s")}
         ref = extract_scan(scan, truth)
         n = scan.affine[:3, 2] / np.linalg.norm(scan.affine[:3, 2])
 

@@ -112,7 +112,7 @@ class SpineSSLParameterNode:
     levelSource: Annotated[str, Choice(LEVEL_SOURCES)] = "Markups"
     levelsMarkups: vtkMRMLMarkupsFiducialNode
     levelsLabels: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]
-    labelMapping: Annotated[str, Choice(["spider", "synthetic"])] = "spider"
+    labelMapping: Annotated[str, Choice(["spider", "synthetic", "totalseg_mr", "totalspineseg"])] = "spider"
     gradingModel: Path
     useTTA: bool = True
     compareVolume: vtkMRMLScalarVolumeNode
@@ -152,7 +152,7 @@ class SpineSSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         # choices before connectGui (the parameter node then selects the saved one)
         for combo, items in ((self.ui.levelSourceComboBox, LEVEL_SOURCES),
-                             (self.ui.labelMappingComboBox, ["spider", "synthetic"]),
+                             (self.ui.labelMappingComboBox, ["spider", "synthetic", "totalseg_mr", "totalspineseg"]),
                              (self.ui.structureComboBox, STRUCTURES), (self.ui.cohortTaskComboBox, COHORT_TASKS)):
             combo.clear()
             combo.addItems(items)

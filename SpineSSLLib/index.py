@@ -196,6 +196,7 @@ def _fmt(v, nd=3):
 def _dicom_records(root: Path, cfg: IndexConfig, salt: str, result: IndexResult, files: list[str]):
     from . import progress
     from .io import read_header, series_geometry
+    from .multiframe import expand_frames, files_of, where_of
 
     headers = []
     for path in progress.track(files, desc="reading headers", unit="file"):
@@ -213,23 +214,27 @@ def _dicom_records(root: Path, cfg: IndexConfig, salt: str, result: IndexResult,
     for err in result.errors:
         err["file"] = redact(err["file"], secret)
         err["message"] = redact(err["message"], secret, words=True)
-    groups: dict[str, list] = {}
-    for h in headers:
-        groups.setdefault(h.series_uid, []).append(h)
+    # multi-frame files (Enhanced MR) give one header per frame; a series split into several
+    # stacks (orientations, echoes) gives one record per stack (see ``multiframe``)
+    groups: dict[tuple, list] = {}
+    for h in expand_frames(headers):
+        groups.setdefault((h.series_uid, getattr(h, "stack", "")), []).append(h)
+    read_stack = _stacks_read(groups, cfg)
     records = []
-    for uid, hs in groups.items():
+    for (uid, stack), hs in groups.items():
         ref = hs[0]
-        rel = [os.path.relpath(h.path, root) for h in hs]
+        paths = files_of(hs)
+        rel = [os.path.relpath(p, root) for p in paths]
         row = {c: "" for c in SERIES_COLUMNS}
-        row.update(scan_key=salted_key(salt, "series:" + uid), format="dicom",
+        row.update(scan_key=salted_key(salt, "series:" + uid + (f"#stack{stack}" if stack else "")), format="dicom",
                    description=ref.series_description, echo_time_ms=_fmt(ref.echo_time),
                    field_strength=_fmt(ref.field_strength), manufacturer=ref.manufacturer,
-                   rows=ref.rows, columns=ref.columns, n_files=len(hs),
+                   rows=ref.rows, columns=ref.columns, n_files=len(paths),
                    pixel_spacing_mm="" if ref.pixel_spacing is None else "x".join(_fmt(float(v)) for v in ref.pixel_spacing),
                    slice_thickness_mm=_fmt(ref.slice_thickness))
         rec = SeriesRecord(row, rel, ref.patient_id, ref.study_uid, ref.study_date, ref.series_number)
         try:
-            geom = series_geometry(hs, os.path.dirname(ref.path), spacing_tol=cfg.spacing_tol_mm,
+            geom = series_geometry(hs, where_of(hs, os.path.dirname(ref.path)), spacing_tol=cfg.spacing_tol_mm,
                                    max_oblique_deg=None)
             row.update(slices=len(geom.headers), slice_spacing_mm=_fmt(geom.slice_spacing),
                        orientation=geom.orientation, obliquity_deg=_fmt(geom.obliquity_deg, 1))
@@ -239,6 +244,9 @@ def _dicom_records(root: Path, cfg: IndexConfig, salt: str, result: IndexResult,
                 reason = f"not sagittal ({geom.orientation} slices)"
             elif not ok_orient:
                 reason = f"oblique sagittal: {geom.obliquity_deg:.1f} deg from true sagittal (limit {cfg.max_oblique_deg:g})"
+            elif read_stack.get(uid, stack) != stack:
+                reason = (f"stack {stack} of a multi-frame series: stack {read_stack[uid]} is the one read "
+                          f"(sagittal, most frames)")
             else:
                 reason = ""
             rec.ok = not reason
@@ -253,6 +261,25 @@ def _dicom_records(root: Path, cfg: IndexConfig, salt: str, result: IndexResult,
         rec.is_t2, row["t2_by"] = classify_t2(ref.series_description, ref.echo_time, cfg)
         records.append(rec)
     return records
+
+
+def _stacks_read(groups: dict[tuple, list], cfg: IndexConfig) -> dict[str, str]:
+    """Series UID -> label of the stack ``extract`` reads, for series split into several stacks
+    (``multiframe.choose_stack``; absent when no stack is usable)."""
+    from .multiframe import choose_stack, where_of
+
+    by_uid: dict[str, dict[str, list]] = {}
+    for (uid, stack), hs in groups.items():
+        by_uid.setdefault(uid, {})[stack] = hs
+    out = {}
+    for uid, st in by_uid.items():
+        if len(st) > 1:
+            hs = next(iter(st.values()))
+            try:
+                out[uid] = choose_stack(st, where_of(hs, None), cfg.spacing_tol_mm, cfg.max_oblique_deg)
+            except SpineSSLError:
+                pass
+    return out
 
 
 def _image_records(root: Path, table: Path, salt: str, result: IndexResult):
@@ -462,11 +489,11 @@ def locate_sources(cohort_dir, root=None, scan_keys=None) -> dict[str, list[str]
     if not root.is_dir():
         raise InputError("source folder of the index not found (moved? pass --root)", root)
     salt = load_or_create_salt(c)
-    want: dict[str, str] = {}
+    want: dict[str, list[str]] = {}  # a multi-frame file may hold several stacks (scan keys)
     with open(c / "sources.csv", newline="", encoding="utf-8") as f:
         for r in csv.DictReader(f):
             if scan_keys is None or r["scan_key"] in scan_keys:
-                want[r["file_hash"]] = r["scan_key"]
+                want.setdefault(r["file_hash"], []).append(r["scan_key"])
     out: dict[str, list[str]] = {}
     if meta.get("format") == "image" and meta.get("table"):
         rels = [r["file"] for r in read_table(meta["table"])]
@@ -475,6 +502,6 @@ def locate_sources(cohort_dir, root=None, scan_keys=None) -> dict[str, list[str]
         paths = iter_files(root)
     for p in paths:
         h = file_hash(salt, os.path.relpath(p, root))
-        if h in want:
-            out.setdefault(want[h], []).append(p)
+        for key in want.get(h, ()):
+            out.setdefault(key, []).append(p)
     return out

@@ -154,7 +154,7 @@ def read_header(path) -> DicomHeader | None:
         raise DicomError(f"truncated DICOM (pixel data needs {tell + length} bytes, file has "
                          f"{os.path.getsize(path)})", path)
     name = ds.get("PatientName", "")
-    return DicomHeader(
+    header = DicomHeader(
         path=path,
         series_uid=str(ds.SeriesInstanceUID),
         study_uid=str(ds.get("StudyInstanceUID", "")),
@@ -176,6 +176,10 @@ def read_header(path) -> DicomHeader | None:
         manufacturer=str(ds.get("Manufacturer", "") or ""),
         sop_uid=str(ds.get("SOPInstanceUID", "") or ""),
     )
+    from .multiframe import is_multiframe, multiframe_header
+
+    # Enhanced / Legacy Converted Enhanced MR: per-frame geometry from the functional groups
+    return multiframe_header(ds, header) if is_multiframe(ds, header.frames) else header
 
 
 def iter_files(root) -> list[str]:
@@ -223,12 +227,15 @@ def unique_instances(headers: list) -> list:
     cannot be told)."""
     from .errors import DicomError
 
-    seen, out = {}, []
+    seen, out, same = {}, [], {}
     for h in headers:
         key = (h.sop_uid, h.rows, h.columns, None if h.ipp is None else tuple(np.round(h.ipp, 3)))
         if h.sop_uid and key in seen:
             first = seen[key]
-            if not _same_pixel_data(first.path, h.path):
+            pair = (first.path, h.path)  # frames of one multi-frame copy: its files compared once
+            if pair not in same:
+                same[pair] = _same_pixel_data(*pair)
+            if not same[pair]:
                 raise DicomError(f"two files with the same SOPInstanceUID hold different pixel data "
                                  f"({os.path.basename(first.path)}, {os.path.basename(h.path)})",
                                  os.path.dirname(h.path))
@@ -261,10 +268,12 @@ def series_geometry(headers: list, where: str | None = None, spacing_tol: float 
     ``spacing_tol`` is the largest allowed deviation of a slice gap from the median gap, in mm.
     """
     from .errors import DicomError, GeometryError
+    from .multiframe import expand_frames, where_of
 
     if not headers:
         raise DicomError("no DICOM images", where)
-    where = where or os.path.dirname(headers[0].path)
+    headers = expand_frames(headers)  # multi-frame files: one header per frame
+    where = where or where_of(headers, os.path.dirname(headers[0].path))
     headers = unique_instances(headers)
     uids = {h.series_uid for h in headers}
     if len(uids) > 1:
@@ -412,11 +421,18 @@ def read_dicom_series(source, max_oblique_deg: float | None = 30.0, spacing_tol:
             raise DicomError("no DICOM images found", where)
     else:
         where = os.path.dirname(headers[0].path) if headers else None
+    from .multiframe import choose_stack, expand_frames, files_of, frame_pixels, stacks, where_of
+
+    headers = expand_frames(headers)  # multi-frame files: one header per frame, grouped in stacks
+    where = where_of(headers, where) if headers else where
+    groups = stacks(headers)
+    headers = groups[choose_stack(groups, where, spacing_tol, max_oblique_deg)] if headers else headers
     geom = series_geometry(headers, where, spacing_tol=spacing_tol, max_oblique_deg=max_oblique_deg)
     ref = geom.headers[0]
     array = np.empty((len(geom.headers), ref.rows, ref.columns), dtype=np.float32)
+    frames: dict = {}  # multi-frame files decoded once
     for k, h in enumerate(geom.headers):
-        px = _read_pixels(h.path)
+        px = _read_pixels(h.path) if getattr(h, "frame", None) is None else frame_pixels(h, frames)
         if px.shape != (ref.rows, ref.columns):
             raise DicomError(f"pixel data shape {px.shape} does not match Rows/Columns", h.path)
         array[k] = px
@@ -428,7 +444,7 @@ def read_dicom_series(source, max_oblique_deg: float | None = 30.0, spacing_tol:
         "echo_time_ms": ref.echo_time,
         "field_strength": ref.field_strength,
         "obliquity_deg": geom.obliquity_deg,
-        "n_files": len(geom.headers),
+        "n_files": len(files_of(geom.headers)),
     }
     return Scan(array, geom.affine, meta)
 
@@ -509,7 +525,8 @@ def to_sagittal_axes(scan: Scan) -> Scan:
 
 
 def read_scan(path, max_oblique_deg: float | None = 30.0) -> Scan:
-    """A folder -> DICOM series; a .nii/.nii.gz/.nrrd/.mha/.mhd file -> SimpleITK."""
+    """A folder -> DICOM series; a .nii/.nii.gz/.nrrd/.mha/.mhd file -> SimpleITK; a multi-frame
+    DICOM file (Enhanced MR) -> its series."""
     from .errors import InputError
 
     if os.path.isdir(path):
@@ -525,7 +542,13 @@ def read_scan(path, max_oblique_deg: float | None = 30.0) -> Scan:
             raise GeometryError("single-slice volume (a 3D sagittal stack is needed)", path)
         check_spacing(scan.spacing[:2], scan.spacing[2], path)
         return scan
-    raise InputError("not a folder of DICOM files nor a NIfTI/NRRD/MHA image", path)
+    if os.path.isfile(path):  # a multi-frame DICOM file holds a whole series
+        from .multiframe import MultiFrameHeader
+
+        header = read_header(path)
+        if isinstance(header, MultiFrameHeader):
+            return read_dicom_series([os.fspath(path)], max_oblique_deg=max_oblique_deg, headers=[header])
+    raise InputError("not a folder of DICOM files, a multi-frame DICOM file nor a NIfTI/NRRD/MHA image", path)
 
 
 def check_sagittal(affine, where, max_oblique_deg: float = 30.0, normal=None) -> None:

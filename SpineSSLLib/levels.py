@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import DISC_NAMES, LEVEL_NAMES
+from .labelmaps import TOOL_PRESETS, LabelMapping, check_values, disc_order_issues, s1_from_sacrum, vertebral_body
 
 CORNER_NAMES = ("anterior-superior", "posterior-superior", "posterior-inferior", "anterior-inferior")
 
@@ -369,9 +370,11 @@ def to_markups_dict(levels: LevelSet, coordinate_system: str = "LPS", corners: b
 # SPIDER (van der Graaf et al. 2024): vertebrae numbered from the bottom, L5 = 1 (no sacrum
 # label in the vertebra numbering); discs 201.. (L5/S1 = 201); 100 = spinal canal.
 # SpineSSL's synthetic label maps use the SPIDER numbering plus 26 for the S1 segment.
+# TotalSegmentator (vertebrae_mr) and TotalSpineSeg: ``labelmaps`` (class tables cited there).
 LABEL_PRESETS: dict[str, dict[int, str]] = {
     "spider": {6: "T12", 5: "L1", 4: "L2", 3: "L3", 2: "L4", 1: "L5"},
     "synthetic": {6: "T12", 5: "L1", 4: "L2", 3: "L3", 2: "L4", 1: "L5", 26: "S1"},
+    **TOOL_PRESETS,
 }
 
 
@@ -417,11 +420,12 @@ def load_label_mapping(path) -> dict[int, str]:
 
 
 def resolve_label_mapping(spec: str) -> dict[int, str]:
-    """A preset name (``spider``, ``synthetic``) or a mapping file path."""
+    """A preset name (``spider``, ``synthetic``, ``totalseg_mr``, ``totalspineseg``) or a mapping file path."""
     from .errors import ConfigError
 
     if spec.lower() in LABEL_PRESETS:
-        return dict(LABEL_PRESETS[spec.lower()])
+        preset = LABEL_PRESETS[spec.lower()]
+        return preset.copy() if isinstance(preset, LabelMapping) else dict(preset)
     if os.path.exists(spec):
         return load_label_mapping(spec)
     raise ConfigError(f"unknown label mapping {spec!r}: use one of {sorted(LABEL_PRESETS)} or a mapping file")
@@ -478,16 +482,25 @@ def from_labelmap(labels, scan, mapping: dict[int, str], where=None) -> LevelSet
     labels = align_to_grid(labels, scan, where)
     lab = np.rint(labels.array).astype(np.int32)
     present = set(np.unique(lab).tolist())
-    cents, voxels = {}, {}
+    check_values(present, mapping, where)  # a tool preset meeting another numbering
+    voxels = {}
     issues = []
     for value, name in sorted(mapping.items(), key=lambda kv: LEVEL_NAMES.index(kv[1])):
         if value not in present:
             issues.append(f"{name}: label {value} not in label map")
             continue
         kji = np.argwhere(lab == value)
-        ijk = kji[:, ::-1].astype(np.float64)
-        voxels[name] = ijk
-        cents[name] = scan.index_to_lps(ijk.mean(axis=0))
+        voxels[name] = kji[:, ::-1].astype(np.float64)
+    # whole vertebrae (body + posterior elements, as real tools label them) -> vertebral bodies
+    whole = LevelSet({n: Level(n, scan.index_to_lps(v.mean(axis=0))) for n, v in voxels.items()})
+    voxels = {n: vertebral_body(v, scan, _axis(whole, n)) for n, v in voxels.items()}
+    if getattr(mapping, "sacrum", None) is not None and "S1" not in mapping.values():
+        s1, issue = _s1_voxels(lab, present, mapping, voxels, scan)
+        if s1 is not None:
+            voxels["S1"] = s1
+        if issue:
+            issues.append(issue)
+    cents = {n: scan.index_to_lps(v.mean(axis=0)) for n, v in voxels.items()}
     proto = LevelSet({n: Level(n, c) for n, c in cents.items()})
     normal = scan.affine[:3, 2] / np.linalg.norm(scan.affine[:3, 2])
     out = {}
@@ -512,9 +525,42 @@ def from_labelmap(labels, scan, mapping: dict[int, str], where=None) -> LevelSet
         k_lo, k_hi = int(ijk[:, 2].min()), int(ijk[:, 2].max())
         out[name] = Level(name, cents[name], corners, (k_lo, k_hi), kmid)
     for name in LEVEL_NAMES:
-        if name not in mapping.values():
+        if name not in mapping.values() and not (name == "S1" and getattr(mapping, "sacrum", None) is not None):
             issues.append(f"{name}: no label for this level in the mapping")
-    return LevelSet(out, issues, f"labelmap:{os.path.basename(str(where))}")
+    result = LevelSet(out, issues, f"labelmap:{os.path.basename(str(where))}")
+    discs = {d: scan.index_to_lps(np.argwhere(lab == v)[:, ::-1].mean(axis=0))
+             for v, d in getattr(mapping, "discs", {}).items() if v in present}
+    result.issues.extend(disc_order_issues(discs, result))
+    return result
+
+
+def _axis(levels: LevelSet, name: str) -> np.ndarray:
+    axis = spine_axis(levels, name)
+    return -_SUPERIOR if axis is None else axis
+
+
+def _s1_voxels(lab, present: set, mapping, voxels: dict, scan):
+    """(S1 voxels or None, issue or "") from the whole-sacrum label of a tool preset."""
+    value = mapping.sacrum
+    if value not in present:
+        return None, f"S1: sacrum label {value} not in label map"
+    odd = [v for v in mapping.transitional if v in present]
+    if odd:
+        return None, (f"S1: label {odd[0]} (a transitional lumbosacral vertebra, L6) is present; S1 is not "
+                      f"taken from the sacrum")
+    if "L5" not in voxels:
+        return None, "S1: the S1 segment of the sacrum is found from L5, which is missing; skipped"
+    bodies = LevelSet({n: Level(n, scan.index_to_lps(v.mean(axis=0))) for n, v in voxels.items()})
+    axis = _axis(bodies, "L5")
+    l5 = voxels["L5"]
+    on = np.abs(l5[:, 2] - np.floor(l5[:, 2].mean() + 0.5)) < 0.5
+    _, v = _inplane_frame(axis, scan.affine[:3, 2])
+    height = float(np.ptp(scan.index_to_lps(l5[on]) @ v)) + float(np.mean(scan.spacing[:2]))
+    s1 = s1_from_sacrum(np.argwhere(lab == value)[:, ::-1].astype(np.float64), scan, bodies["L5"].centroid,
+                        height, axis)
+    if len(s1) < 4:
+        return None, "S1: too few sacrum voxels for the S1 segment; skipped"
+    return s1, "S1: taken from the sacrum label (its top segment, one L5 height)"
 
 
 # --------------------------------------------------------------------------------------------

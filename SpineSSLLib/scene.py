@@ -362,41 +362,59 @@ def levels_from_markups(node) -> LevelSet:
 
 def levels_from_label_node(label_node, volume_node, mapping="synthetic") -> LevelSet:
     """Levels from a labelmap volume node (values mapped to levels by ``mapping``: a preset name
-    of ``levels.LABEL_PRESETS``, a mapping file or a dict) or from a segmentation node whose
-    segments are named T12..S1 (mapping ignored), on the volume node's grid."""
+    of ``levels.LABEL_PRESETS``, a mapping file or a dict) or from a segmentation node
+    (``levels_from_segmentation_node``; mapping ignored), on the volume node's grid."""
+    from . import levels as L
+
+    if label_node is None:
+        raise LevelsError("no label map or segmentation selected")
+    if label_node.IsA("vtkMRMLSegmentationNode"):
+        return levels_from_segmentation_node(label_node, volume_node)
+    scan = scan_from_volume_node(volume_node)
+    labels = scan_from_volume_node(label_node)
+    if isinstance(mapping, str):
+        mapping = L.resolve_label_mapping(mapping)
+    labels.array = np.rint(labels.array)
+    return L.from_labelmap(labels, scan, mapping, where=f"{label_node.GetName()!r}")
+
+
+def levels_from_segmentation_node(segmentation_node, volume_node) -> LevelSet:
+    """Levels from a segmentation node, its segments matched by name (or ID) with
+    ``labelmaps.segment_structure``: SpineSSL's ``L4``, TotalSegmentator's ``vertebrae_L4``,
+    ``sacrum`` (and SlicerTotalSegmentator's standard names ``L4 vertebra``, ``Sacrum``),
+    TotalSpineSeg's ``vertebrae_L4``, ``disc_L4_L5``.  Whole-bone segments are reduced to
+    vertebral bodies and a sacrum segment gives S1 as for the ``totalseg_mr`` preset (see
+    ``labelmaps``); other segments (organs, cord...) are ignored.  On the volume node's grid."""
     import vtk
 
     from . import levels as L
+    from .labelmaps import LabelMapping, segment_structure
 
     slicer = _slicer()
-    if label_node is None:
-        raise LevelsError("no label map or segmentation selected")
     scan = scan_from_volume_node(volume_node)
-    where = f"{label_node.GetName()!r}"
-    if label_node.IsA("vtkMRMLSegmentationNode"):
-        segmentation = label_node.GetSegmentation()
-        ids, table = vtk.vtkStringArray(), {}
-        for n in range(segmentation.GetNumberOfSegments()):
-            parsed = L.parse_point_label(segmentation.GetNthSegment(n).GetName())
-            if parsed is not None and parsed[1] is None:
-                ids.InsertNextValue(segmentation.GetNthSegmentID(n))
-                table[ids.GetNumberOfValues()] = parsed[0]
-        if not table:
-            raise LevelsError("no segment named T12..S1", where)
-        scene = label_node.GetScene()
-        tmp = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__spinessl_levels__")
-        try:
-            if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(label_node, ids, tmp,
-                                                                                           volume_node):
-                raise LevelsError("could not export the segments to a label map", where)
-            labels = scan_from_volume_node(tmp)
-        finally:
-            scene.RemoveNode(tmp)
-        mapping = table
-    else:
-        labels = scan_from_volume_node(label_node)
-        if isinstance(mapping, str):
-            mapping = L.resolve_label_mapping(mapping)
+    where = f"{segmentation_node.GetName()!r}"
+    segmentation = segmentation_node.GetSegmentation()
+    ids, found = vtk.vtkStringArray(), {}
+    for n in range(segmentation.GetNumberOfSegments()):
+        seg_id = segmentation.GetNthSegmentID(n)
+        what = segment_structure(segmentation.GetNthSegment(n).GetName()) or segment_structure(seg_id)
+        if what is not None and what not in found:
+            ids.InsertNextValue(seg_id)
+            found[what] = ids.GetNumberOfValues()  # exported label value: position in ``ids``
+    levels = {v: k for k, v in found.items() if k in LEVEL_NAMES}
+    if not levels:
+        raise LevelsError("no segment named after a vertebra (T12..S1, vertebrae_L4, L4 vertebra...)", where)
+    mapping = LabelMapping(levels, "segments", sacrum=found.get("sacrum"),
+                           discs={v: k for k, v in found.items() if k in DISC_NAMES})
+    scene = segmentation_node.GetScene()
+    tmp = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__spinessl_levels__")
+    try:
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(segmentation_node, ids, tmp,
+                                                                                       volume_node):
+            raise LevelsError("could not export the segments to a label map", where)
+        labels = scan_from_volume_node(tmp)
+    finally:
+        scene.RemoveNode(tmp)
     labels.array = np.rint(labels.array)
     return L.from_labelmap(labels, scan, mapping, where=where)
 

@@ -19,7 +19,8 @@ def add_arguments(parser):
                         "detect:MODEL (automatic detection; levels with confidence < 0.5 are not used); "
                         "<key> is the scan_key, the SeriesInstanceUID or the image file stem")
     parser.add_argument("--label-mapping", default="spider",
-                        help="label maps: preset (spider) or a JSON/CSV label->level file (default spider)")
+                        help="label maps: preset (spider, synthetic, totalseg_mr = TotalSegmentator --task "
+                        "vertebrae_mr, totalspineseg = TotalSpineSeg) or a JSON/CSV label->level file (default spider)")
     parser.add_argument("--grades", help="disc grades: 'truth' (from truth files; default with truth levels) "
                         "or a CSV with scan_key|series_uid, disc, grade")
     parser.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")

@@ -575,7 +575,7 @@ def _process(job: dict) -> dict:
     import traceback
 
     from .errors import SpineSSLError
-    from .index import identifiers, redact, redact_error
+    from .privacy import identifiers, redact, redact_error
     from .io import read_dicom_series, read_header, read_scan
 
     key = job["scan_key"]
@@ -610,7 +610,7 @@ def _process(job: dict) -> dict:
         if src.kind == "truth" and not meta.get("family"):
             fam = _load_truth_family(level_file)
             if fam:
-                from .index import salted_key
+                from .privacy import salted_key
 
                 meta["family"] = salted_key(job["salt"], "family:" + fam, prefix="F", n=10)
         grades: dict[str, int] = {}
@@ -678,7 +678,8 @@ def run_extraction(cohort_dir, levels: LevelSource, config: ExtractConfig | None
     import multiprocessing as mp
 
     from . import atomic, progress
-    from .index import ERROR_COLUMNS, load_or_create_salt, locate_sources, read_index
+    from .index import ERROR_COLUMNS, locate_sources, read_index
+    from .privacy import load_or_create_salt
 
     cfg = config or ExtractConfig()
     c = os.fspath(cohort_dir)

@@ -23,11 +23,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime as _dt
-import hashlib
 import json
 import os
 import re
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,61 +79,12 @@ class IndexConfig:
 
 
 # --------------------------------------------------------------------------------------------
-# Keys and privacy
+# Keys and privacy (the helpers live in privacy.py; re-exported here for existing callers)
 # --------------------------------------------------------------------------------------------
 
-def load_or_create_salt(cohort_dir) -> str:
-    p = Path(cohort_dir) / "cohort_salt.txt"
-    if p.exists():
-        salt = p.read_text(encoding="utf-8").strip()
-        if len(salt) < 16:
-            raise ManifestError("salt file is damaged (too short)", p)
-        return salt
-    salt = secrets.token_hex(16)
-    atomic.write_text(p, salt + "\n")
-    return salt
-
-
-def salted_key(salt: str, value: str, prefix: str = "", n: int = 16) -> str:
-    return prefix + hashlib.sha256(f"{salt}\x00{value}".encode("utf-8")).hexdigest()[:n]
-
-
-def file_hash(salt: str, relpath: str) -> str:
-    return salted_key(salt, "file:" + relpath.replace(os.sep, "/"), n=24)
-
-
-def identifiers(headers) -> set[str]:
-    """Identifying strings (PatientID, PatientName and its parts, dates) to redact from messages."""
-    out = set()
-    for h in headers:
-        for v in (h.patient_id, h.patient_name, h.study_date):
-            v = (v or "").strip()
-            if len(v) >= 3:
-                out.add(v)
-        for part in re.split(r"[\^ ,]+", h.patient_name or ""):
-            if len(part) >= 3:
-                out.add(part)
-    return out
-
-
-def redact(text: str, secrets_: set[str], words: bool = False) -> str:
-    """Replace identifiers by ``<redacted>`` (anywhere in ``text``: use for paths).  With
-    ``words`` (for messages SpineSSL wrote, such as an error's cause) purely alphabetic ones
-    (name parts such as 'DOE') are replaced only where they are not inside a longer word, so
-    "does" stays readable."""
-    for s in sorted(secrets_, key=len, reverse=True):
-        pat = re.escape(s)
-        if words and s.isalpha():
-            pat = rf"(?<![^\W\d_]){pat}(?![^\W\d_])"
-        text = re.sub(pat, "<redacted>", text, flags=re.IGNORECASE)
-    return text
-
-
-def redact_error(e, secrets_: set[str]) -> str:
-    """``str(e)`` of a ``SpineSSLError`` with identifiers redacted: its path anywhere, its cause
-    word-wise (see ``redact``)."""
-    cause = redact(e.cause, secrets_, words=True)
-    return f"{redact(e.path, secrets_)}: {cause}" if e.path else cause
+from .privacy import (  # noqa: E402,F401
+    file_hash, identifiers, load_or_create_salt, redact, redact_error, salt_id, salted_key,
+)
 
 
 def _days(date: str) -> _dt.date | None:

@@ -707,6 +707,8 @@ def run_extraction(cohort_dir, levels: LevelSource, config: ExtractConfig | None
     (``shard.Shard``): only its subjects, manifests into ``C/shards/extract-I-of-N/`` (see
     ``shard.py``)."""
     import concurrent.futures as cf
+    import contextlib
+    import glob
     import multiprocessing as mp
 
     from . import atomic, progress
@@ -733,6 +735,11 @@ def run_extraction(cohort_dir, levels: LevelSource, config: ExtractConfig | None
             summary.skipped += 1
         else:
             todo.append(r)
+            # temporaries of this scan left by a killed run (no other process writes this scan)
+            for sub in ("volumes", "qc"):
+                for tmp in glob.glob(os.path.join(glob.escape(os.path.join(c, sub)), f".{r['scan_key']}.*")):
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp)
     grades_table = None
     if grades and grades != "truth":
         grades_table = load_grades_csv(grades)

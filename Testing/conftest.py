@@ -23,3 +23,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def synth_cohort(tmp_path_factory):
+    """A tiny synthetic cohort (6 subjects, 3 with a follow-up; headers with PatientSex, PatientAge,
+    birth date) indexed and extracted once per test process: ``(synth folder, cohort C)``.  Tests
+    that change C work on a copy."""
+    from SpineSSLLib.cli import main
+
+    root = tmp_path_factory.mktemp("synth_cohort")
+    syn, C = root / "syn", root / "C"
+    assert main(["-q", "synth", str(syn), "--preset", "tiny", "--subjects", "6", "--followup-fraction", "0.6",
+                 "--seed", "3", "--workers", "1"]) == 0
+    assert main(["-q", "index", str(syn / "dicom"), "--out", str(C)]) == 0
+    assert main(["-q", "extract", str(C), "--levels", f"truth:{syn / 'truth'}", "--device", "cpu"]) == 0
+    return syn, C

@@ -275,8 +275,13 @@ def risk_statement(name: str, s: dict, m: int) -> str:
     if not n:
         return "No subject of this split has a later scan: nothing could be measured."
     hits = int(round(top1 * n))
-    one_in = f"1 in {n / hits:.1f}" if hits else f"none of the {n}"
-    return (f"With {name}, {one_in} later scans ({hits} of {n}, {100 * top1:.0f} %) is matched to the right "
+    if hits == n:
+        matched = f"all {n} later scans are matched"
+    elif hits:
+        matched = f"1 in {n / hits:.1f} later scans ({hits} of {n}, {100 * top1:.0f} %) is matched"
+    else:
+        matched = f"none of the {n} later scans is matched"
+    return (f"With {name}, {matched} to the right "
             f"person among a gallery of {m} people; the right person is within the 5 closest for "
             f"{100 * s['top5']:.0f} % (chance: 1 in {m}, and {100 * min(5, m) / m:.0f} % for the 5 closest). "
             f"Identification gets harder as the gallery grows: these figures hold for {m} people, not for "

@@ -39,3 +39,22 @@ def synth_cohort(tmp_path_factory):
     assert main(["-q", "index", str(syn / "dicom"), "--out", str(C)]) == 0
     assert main(["-q", "extract", str(C), "--levels", f"truth:{syn / 'truth'}", "--device", "cpu"]) == 0
     return syn, C
+
+
+@pytest.fixture(scope="session")
+def aux_pretrained(synth_cohort, tmp_path_factory):
+    """One epoch of a very small network pretrained on ``synth_cohort`` with the metadata heads
+    ``--aux-heads sex:2,age_bin:5`` (labels written by index/extract): the output folder P."""
+    import json
+
+    from SpineSSLLib.cli import main
+
+    _, C = synth_cohort
+    root = tmp_path_factory.mktemp("aux_pretrained")
+    conf = root / "pretrain.json"
+    conf.write_text(json.dumps({"model": {"preset": "small", "width": 0.0625, "fc6": 32, "fc7": 16, "input_scale": 0.25},
+                                "split_fractions": [0.6, 0.2, 0.2]}))
+    P = root / "P"
+    assert main(["-q", "pretrain", str(C), "--out", str(P), "--config", str(conf), "--epochs", "1", "--batch-size", "8",
+                 "--workers", "0", "--device", "cpu", "--aux-heads", "sex:2,age_bin:5"]) == 0
+    return P

@@ -395,14 +395,16 @@ def write_report(out_dir, report: dict) -> None:
 
     fig, ax = plt.subplots(figsize=(5.6, 4.0), dpi=110)
     ks = np.arange(1, m + 1)
-    for name, r in report["methods"].items():
+    styles = [("-", 2.6), ("--", 2.0), ("-.", 1.6), (":", 1.4)]  # curves at 100 % stay visible
+    for n, (name, r) in enumerate(report["methods"].items()):
         if r["whole_spine"]["cmc"]:
-            ax.step(ks, r["whole_spine"]["cmc"], where="post", label=METHOD_TITLES.get(name, name))
+            ls, lw = styles[n % len(styles)]
+            ax.step(ks, r["whole_spine"]["cmc"], where="post", ls=ls, lw=lw, label=METHOD_TITLES.get(name, name))
     ax.plot(ks, ks / m, color="0.5", ls="--", lw=0.9, label="chance")
     ax.set_xlabel(f"rank (gallery of {m} people)")
     ax.set_ylabel("later scans matched within rank")
     ax.set_ylim(0, 1.02)
-    ax.set_xlim(1, m)
+    ax.set_xlim(1, max(m, 2))
     ax.set_title("Cumulative match characteristic, whole spine", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()

@@ -24,7 +24,6 @@ import csv
 import gzip
 import hashlib
 import io
-import json
 import os
 import re
 import secrets

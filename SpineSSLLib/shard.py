@@ -221,7 +221,7 @@ def _error_order(row: dict) -> tuple:
 
 def _merge_index(cohort: Path, shards: dict[int, Path], salt_id: str) -> tuple[list[dict], list[dict]]:
     from . import atomic
-    from .index import ERROR_COLUMNS, SERIES_COLUMNS, index_meta
+    from .index import SERIES_COLUMNS, index_meta
 
     metas, series, sources, errors = [], [], [], []
     for i, d in shards.items():

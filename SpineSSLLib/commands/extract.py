@@ -46,9 +46,10 @@ def run(args) -> int:
         raise ConfigError("--workers must be >= 1")
     src = LevelSource.parse(args.levels, args.label_mapping)
     cfg = ExtractConfig(vb_fov=args.vb_fov, ivd_fov=args.ivd_fov, device=args.device)
+    shard = S.resolve(args.shard)
     s = run_extraction(args.cohort, src, cfg, workers=args.workers, qc=args.qc, grades=args.grades,
                        root=args.root, overwrite=args.overwrite, debug=args.debug, limit=args.limit,
-                       shard=(shard := S.resolve(args.shard)))
+                       shard=shard)
     man = S.shard_dir(args.cohort, "extract", shard) if shard is not None else args.cohort
     flagged = sum(1 for r in s.results if r["status"] == "ok" and (r["n_vb"] < 7 or r["n_ivd"] < 6))
     see = f" (see {man}/errors.csv)" if s.failed else ""

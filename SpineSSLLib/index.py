@@ -11,11 +11,19 @@ are keyed without identifiers:
 - ``interval_days`` = days since the subject's first selected scan (StudyDate), ``timepoint``
   its rank; dates themselves are never written;
 - ``family`` = salted hash of a user-supplied family/twin id (``--families CSV``);
+- ``sex`` (0 = F, 1 = M, empty otherwise) from PatientSex and ``age_bin`` (decade bins, default
+  0 = under 40, 1 = 40s, 2 = 50s, 3 = 60s, 4 = 70 and over) from PatientAge, or from the birth and
+  study dates in memory: free labels for ``pretrain --aux-heads sex:2,age_bin:5``; the age and
+  the dates themselves are never written;
 - ``C/sources.csv`` maps each scan_key to salted hashes of its files' paths relative to ROOT,
   so ``extract`` finds the files again without any path (which may hold names) being stored.
 
 NIfTI/NRRD/MHA cohorts (e.g. SPIDER ``<patient>_t2.mha``) are indexed from a table
-(``--table CSV``: ``file``, ``subject``, ``date`` or ``interval_days``, optional ``family``).
+(``--table CSV``: ``file``, ``subject``, ``date`` or ``interval_days``, optional ``family``,
+``sex``, ``age``).
+
+With ``shard`` (``--shard I/N``, ``shard.py``) only the subjects of shard I are indexed and the
+manifests go to ``C/shards/index-I-of-N/``; ``spine-ssl merge C`` joins them.
 """
 
 from __future__ import annotations
@@ -23,11 +31,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime as _dt
-import hashlib
 import json
 import os
 import re
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,7 +47,7 @@ SERIES_COLUMNS = [
     "scan_key", "subject_key", "study_key", "timepoint", "interval_days", "family", "status", "reason",
     "format", "description", "t2_by", "echo_time_ms", "field_strength", "manufacturer", "rows", "columns",
     "slices", "pixel_spacing_mm", "slice_spacing_mm", "slice_thickness_mm", "orientation", "obliquity_deg",
-    "orientation_ok", "n_files",
+    "orientation_ok", "n_files", "sex", "age_bin",
 ]
 ERROR_COLUMNS = ["file", "stage", "error_type", "message"]
 
@@ -56,6 +62,7 @@ class IndexConfig:
     max_oblique_deg: float = 30.0
     spacing_tol_mm: float = 0.05  # allowed deviation of a slice gap from the median gap
     prefer: str = "most_slices"  # tie-break among T2 sagittal series of a study: most_slices | last | first
+    age_bin_edges: list = field(default_factory=lambda: [40, 50, 60, 70])  # age_bin k: edges[k-1] <= age < edges[k]
 
     def __post_init__(self):
         for k in ("t2_pattern", "exclude_pattern"):
@@ -65,6 +72,11 @@ class IndexConfig:
                 raise ConfigError(f"{k}: invalid regular expression ({e})") from e
         if self.prefer not in ("most_slices", "last", "first"):
             raise ConfigError(f"prefer must be most_slices, last or first, got {self.prefer!r}")
+        e = self.age_bin_edges
+        if not isinstance(e, (list, tuple)) or not all(isinstance(v, (int, float)) for v in e) or \
+                any(b <= a for a, b in zip(e, e[1:])):
+            raise ConfigError(f"age_bin_edges must be increasing numbers (years), got {e!r}")
+        self.age_bin_edges = list(e)
 
     @classmethod
     def from_file(cls, path) -> "IndexConfig":
@@ -81,61 +93,37 @@ class IndexConfig:
 
 
 # --------------------------------------------------------------------------------------------
-# Keys and privacy
+# Keys and privacy (the helpers live in privacy.py; re-exported here for existing callers)
 # --------------------------------------------------------------------------------------------
 
-def load_or_create_salt(cohort_dir) -> str:
-    p = Path(cohort_dir) / "cohort_salt.txt"
-    if p.exists():
-        salt = p.read_text(encoding="utf-8").strip()
-        if len(salt) < 16:
-            raise ManifestError("salt file is damaged (too short)", p)
-        return salt
-    salt = secrets.token_hex(16)
-    atomic.write_text(p, salt + "\n")
-    return salt
+from .privacy import (  # noqa: E402,F401
+    file_hash, identifiers, load_or_create_salt, redact, redact_error, salt_id, salted_key,
+)
 
 
-def salted_key(salt: str, value: str, prefix: str = "", n: int = 16) -> str:
-    return prefix + hashlib.sha256(f"{salt}\x00{value}".encode("utf-8")).hexdigest()[:n]
+def sex_label(value: str) -> str:
+    """PatientSex -> class: "0" female, "1" male, "" other or unknown."""
+    return {"F": "0", "M": "1"}.get((value or "").strip().upper()[:1], "")
 
 
-def file_hash(salt: str, relpath: str) -> str:
-    return salted_key(salt, "file:" + relpath.replace(os.sep, "/"), n=24)
+def age_years(patient_age: str = "", birth_date: str = "", study_date: str = "") -> float | None:
+    """Age at the study in years from PatientAge ("045Y", "030M", "012W", "100D"), else from the
+    birth and study dates; None when neither is usable.  Computed in memory only."""
+    m = re.fullmatch(r"\s*(\d{1,3})\s*([YMWD]?)\s*", (patient_age or "").upper())
+    if m:
+        n = int(m.group(1))
+        return n / {"Y": 1, "": 1, "M": 12, "W": 52.1775, "D": 365.25}[m.group(2)]
+    b, s = _days(birth_date), _days(study_date)
+    if b is not None and s is not None and s >= b:
+        return (s - b).days / 365.25
+    return None
 
 
-def identifiers(headers) -> set[str]:
-    """Identifying strings (PatientID, PatientName and its parts, dates) to redact from messages."""
-    out = set()
-    for h in headers:
-        for v in (h.patient_id, h.patient_name, h.study_date):
-            v = (v or "").strip()
-            if len(v) >= 3:
-                out.add(v)
-        for part in re.split(r"[\^ ,]+", h.patient_name or ""):
-            if len(part) >= 3:
-                out.add(part)
-    return out
-
-
-def redact(text: str, secrets_: set[str], words: bool = False) -> str:
-    """Replace identifiers by ``<redacted>`` (anywhere in ``text``: use for paths).  With
-    ``words`` (for messages SpineSSL wrote, such as an error's cause) purely alphabetic ones
-    (name parts such as 'DOE') are replaced only where they are not inside a longer word, so
-    "does" stays readable."""
-    for s in sorted(secrets_, key=len, reverse=True):
-        pat = re.escape(s)
-        if words and s.isalpha():
-            pat = rf"(?<![^\W\d_]){pat}(?![^\W\d_])"
-        text = re.sub(pat, "<redacted>", text, flags=re.IGNORECASE)
-    return text
-
-
-def redact_error(e, secrets_: set[str]) -> str:
-    """``str(e)`` of a ``SpineSSLError`` with identifiers redacted: its path anywhere, its cause
-    word-wise (see ``redact``)."""
-    cause = redact(e.cause, secrets_, words=True)
-    return f"{redact(e.path, secrets_)}: {cause}" if e.path else cause
+def age_bin(age: float | None, edges) -> str:
+    """Decade bin of an age (see ``IndexConfig.age_bin_edges``), "" when unknown."""
+    if age is None or not 0 <= age < 150:
+        return ""
+    return str(sum(age >= e for e in edges))
 
 
 def _days(date: str) -> _dt.date | None:
@@ -193,7 +181,8 @@ def _fmt(v, nd=3):
     return "" if v is None else (f"{v:.{nd}f}".rstrip("0").rstrip(".") if isinstance(v, float) else str(v))
 
 
-def _dicom_records(root: Path, cfg: IndexConfig, salt: str, result: IndexResult, files: list[str]):
+def _dicom_records(root: Path, cfg: IndexConfig, salt: str, result: IndexResult, files: list[str],
+                   secret: frozenset = frozenset()):
     from . import progress
     from .io import read_header, series_geometry
     from .multiframe import expand_frames, files_of, where_of
@@ -210,7 +199,7 @@ def _dicom_records(root: Path, cfg: IndexConfig, salt: str, result: IndexResult,
             result.n_ignored += 1
             continue
         headers.append(h)
-    secret = identifiers(headers)
+    secret = secret | identifiers(headers)
     for err in result.errors:
         err["file"] = redact(err["file"], secret)
         err["message"] = redact(err["message"], secret, words=True)
@@ -231,7 +220,8 @@ def _dicom_records(root: Path, cfg: IndexConfig, salt: str, result: IndexResult,
                    field_strength=_fmt(ref.field_strength), manufacturer=ref.manufacturer,
                    rows=ref.rows, columns=ref.columns, n_files=len(paths),
                    pixel_spacing_mm="" if ref.pixel_spacing is None else "x".join(_fmt(float(v)) for v in ref.pixel_spacing),
-                   slice_thickness_mm=_fmt(ref.slice_thickness))
+                   slice_thickness_mm=_fmt(ref.slice_thickness), sex=sex_label(ref.patient_sex),
+                   age_bin=age_bin(age_years(ref.patient_age, ref.birth_date, ref.study_date), cfg.age_bin_edges))
         rec = SeriesRecord(row, rel, ref.patient_id, ref.study_uid, ref.study_date, ref.series_number)
         try:
             geom = series_geometry(hs, where_of(hs, os.path.dirname(ref.path)), spacing_tol=cfg.spacing_tol_mm,
@@ -282,7 +272,7 @@ def _stacks_read(groups: dict[tuple, list], cfg: IndexConfig) -> dict[str, str]:
     return out
 
 
-def _image_records(root: Path, table: Path, salt: str, result: IndexResult):
+def _image_records(root: Path, table: Path, salt: str, result: IndexResult, cfg: IndexConfig, shard=None):
     """Records for NIfTI/NRRD/MHA files listed in a table (file, subject, date|interval_days)."""
     from .io import is_image_file, obliquity_deg, plane_name, read_image
 
@@ -295,10 +285,17 @@ def _image_records(root: Path, table: Path, salt: str, result: IndexResult):
     records = []
     for r in rows:
         rel = r["file"]
+        if shard is not None and not shard.owns(salted_key(salt, "subject:" + r["subject"], prefix="S", n=12)):
+            continue
         path = root / rel
         row = {c: "" for c in SERIES_COLUMNS}
+        try:
+            age = float(r["age"]) if r.get("age", "") != "" else None
+        except ValueError:
+            age = age_years(r["age"])
         row.update(scan_key=salted_key(salt, "file:" + rel.replace(os.sep, "/")), format="image", n_files=1,
-                   t2_by="table", description=r.get("description", ""))
+                   t2_by="table", description=r.get("description", ""), sex=sex_label(r.get("sex", "")),
+                   age_bin=age_bin(age, cfg.age_bin_edges))
         rec = SeriesRecord(row, [rel], r["subject"], "study:" + rel, r.get("date", ""), None, True)
         rec.family_raw = r.get("family", "")
         rec.row["_interval"] = r.get("interval_days", "")
@@ -412,8 +409,18 @@ def _keys(records: list[SeriesRecord], salt: str, families: dict[str, str]) -> N
             r.row.pop("_interval", None)
 
 
-def build_index(root, out_dir, config: IndexConfig | None = None, families_csv=None, table=None) -> IndexResult:
-    """Index ``root`` into ``out_dir`` (series.csv, sources.csv, errors.csv, index.json)."""
+def index_meta(root: str, fmt: str, table, config: dict, n_files: int, n_ignored: int, series: list[dict],
+               errors: list[dict]) -> dict:
+    """The ``index.json`` of a cohort (one run, or shards merged)."""
+    return {"schema": SCHEMA, "root": root, "format": fmt, "table": table, "config": config,
+            "n_files": n_files, "n_ignored": n_ignored, "n_series": len(series),
+            "n_selected": sum(r["status"] == "selected" for r in series), "n_errors": len(errors)}
+
+
+def build_index(root, out_dir, config: IndexConfig | None = None, families_csv=None, table=None,
+                shard=None) -> IndexResult:
+    """Index ``root`` into ``out_dir`` (series.csv, sources.csv, errors.csv, index.json); with a
+    ``shard.Shard`` only that shard's subjects, into ``out_dir/shards/index-I-of-N/``."""
     from .io import is_image_file, iter_files
 
     cfg = config or IndexConfig()
@@ -427,7 +434,7 @@ def build_index(root, out_dir, config: IndexConfig | None = None, families_csv=N
     families = load_families(families_csv) if families_csv else {}
     result = IndexResult()
     if table is not None:
-        records = _image_records(root, Path(table), salt, result)
+        records = _image_records(root, Path(table), salt, result, cfg, shard)
         result.n_files = len(records)
     else:
         files = [f for f in iter_files(root)]
@@ -436,25 +443,37 @@ def build_index(root, out_dir, config: IndexConfig | None = None, families_csv=N
         if images and len(images) == len(files):
             raise ConfigError("the folder holds NIfTI/NRRD/MHA images only: give the subject/time table "
                               "with --table", root)
-        records = _dicom_records(root, cfg, salt, result, [f for f in files if not is_image_file(f)])
+        others, secret = [f for f in files if not is_image_file(f)], frozenset()
+        if shard is not None:  # this shard's subjects; stray files go by their path's hash
+            from .shard import own_files
+
+            images = [f for f in images if shard.owns(file_hash(salt, os.path.relpath(f, root)))]
+            others, secret = own_files(others, root, salt, shard)
+            result.n_files = len(images) + len(others)
+        records = _dicom_records(root, cfg, salt, result, others, secret)
         result.n_ignored += len(images)
-    if not records and not result.errors:
+    if not records and not result.errors and shard is None:
         raise InputError("no DICOM image series found", root)
     _select(records, cfg)
     _keys(records, salt, families)
     records.sort(key=lambda r: (r.row["subject_key"], r.row["interval_days"] if r.row["interval_days"] != "" else 1 << 30,
                                 r.row["scan_key"]))
     result.series = [r.row for r in records]
+    result.errors.sort(key=lambda e: (e["file"], e["stage"], e["error_type"], e["message"]))
     sources = [{"scan_key": r.row["scan_key"], "file_hash": file_hash(salt, f)} for r in records for f in r.files]
-    atomic.write_csv(out_dir / "series.csv", result.series, SERIES_COLUMNS)
-    atomic.write_csv(out_dir / "sources.csv", sources, ["scan_key", "file_hash"])
-    atomic.write_csv(out_dir / "errors.csv", result.errors, ERROR_COLUMNS)
-    atomic.write_json(out_dir / "index.json", {
-        "schema": SCHEMA, "root": str(root.resolve()), "format": "image" if table is not None else "dicom",
-        "table": str(Path(table).resolve()) if table is not None else None,
-        "config": dataclasses.asdict(cfg), "n_files": result.n_files, "n_ignored": result.n_ignored,
-        "n_series": len(result.series), "n_selected": result.n_selected, "n_errors": len(result.errors),
-    })
+    meta = index_meta(str(root.resolve()), "image" if table is not None else "dicom",
+                      str(Path(table).resolve()) if table is not None else None, dataclasses.asdict(cfg),
+                      result.n_files, result.n_ignored, result.series, result.errors)
+    man = out_dir
+    if shard is not None:
+        from .shard import shard_dir
+
+        man = shard_dir(out_dir, "index", shard)
+        meta.update(shard=str(shard), salt_id=salt_id(salt))
+    atomic.write_csv(man / "series.csv", result.series, SERIES_COLUMNS)
+    atomic.write_csv(man / "sources.csv", sources, ["scan_key", "file_hash"])
+    atomic.write_csv(man / "errors.csv", result.errors, ERROR_COLUMNS)
+    atomic.write_json(man / "index.json", meta)
     return result
 
 
@@ -478,19 +497,21 @@ def read_index(cohort_dir) -> tuple[dict, list[dict]]:
     return meta, rows
 
 
-def locate_sources(cohort_dir, root=None, scan_keys=None) -> dict[str, list[str]]:
+def locate_sources(cohort_dir, root=None, scan_keys=None, manifest_dir=None) -> dict[str, list[str]]:
     """scan_key -> absolute file paths, by hashing the paths under ROOT (from index.json unless
-    ``root`` is given: the source folder may have moved)."""
+    ``root`` is given: the source folder may have moved).  ``manifest_dir``: where index.json and
+    sources.csv are (an index shard's folder; default the cohort)."""
     from .io import iter_files
 
     c = Path(cohort_dir)
-    meta, _ = read_index(c)
+    m = Path(manifest_dir) if manifest_dir is not None else c
+    meta, _ = read_index(m)
     root = Path(root or meta["root"])
     if not root.is_dir():
         raise InputError("source folder of the index not found (moved? pass --root)", root)
     salt = load_or_create_salt(c)
     want: dict[str, list[str]] = {}  # a multi-frame file may hold several stacks (scan keys)
-    with open(c / "sources.csv", newline="", encoding="utf-8") as f:
+    with open(m / "sources.csv", newline="", encoding="utf-8") as f:
         for r in csv.DictReader(f):
             if scan_keys is None or r["scan_key"] in scan_keys:
                 want.setdefault(r["file_hash"], []).append(r["scan_key"])

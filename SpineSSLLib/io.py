@@ -79,6 +79,9 @@ class DicomHeader:
     frames: int
     manufacturer: str = ""
     sop_uid: str = ""
+    patient_sex: str = ""  # PatientSex (M/F/O)
+    patient_age: str = ""  # PatientAge ("045Y"): identifying, in memory only (index writes a decade bin)
+    birth_date: str = ""  # PatientBirthDate: identifying, in memory only
 
 
 def is_image_file(path) -> bool:
@@ -175,6 +178,9 @@ def read_header(path) -> DicomHeader | None:
         frames=_int(ds.get("NumberOfFrames")) or 1,
         manufacturer=str(ds.get("Manufacturer", "") or ""),
         sop_uid=str(ds.get("SOPInstanceUID", "") or ""),
+        patient_sex=str(ds.get("PatientSex", "") or "").strip(),
+        patient_age=str(ds.get("PatientAge", "") or "").strip(),
+        birth_date=str(ds.get("PatientBirthDate", "") or "").strip(),
     )
     from .multiframe import is_multiframe, multiframe_header
 

@@ -58,8 +58,9 @@ class ModelConfig:
     conv -> norm -> ReLU), or ``none``.  See docs/pretraining.md for why ``batch`` is the default."""
     init: str = "fan_in"
     """He initialisation of the convolutions: ``fan_in`` keeps the forward activation scale through
-    the layers (the default); ``fan_out`` is MatConvNet's ``xavierimproved`` (the paper's toolbox),
-    which shrinks activations ~10x per 3D layer without normalisation."""
+    the layers (the default; classifier heads then start at std 0.01, so their loss starts at
+    ln K); ``fan_out`` is MatConvNet's ``xavierimproved`` (the paper's toolbox), which shrinks
+    activations ~10x per 3D layer without normalisation (heads: unit-gain He)."""
     aux_heads: dict = field(default_factory=dict)
     """Optional extra heads on fc7, name -> number of classes (e.g. {"sex": 2}); off by default."""
 
@@ -256,8 +257,11 @@ class VGGMNet(nn.Module):
             elif isinstance(m, nn.Linear):
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
-        for head in [self.fc8, *self.aux.values()]:   # linear heads: unit gain (no ReLU follows)
-            nn.init.kaiming_normal_(head.weight, mode="fan_in", nonlinearity="linear")
+        for head in [self.fc8, *self.aux.values()]:
+            if self.config.init == "fan_in":   # classifier heads start near uniform (loss ln K)
+                nn.init.normal_(head.weight, std=0.01)
+            else:                              # the earlier scheme: unit gain (no ReLU follows)
+                nn.init.kaiming_normal_(head.weight, mode="fan_in", nonlinearity="linear")
 
     def freeze_trunk(self) -> "VGGMNet":
         """Freeze the convolutional trunk: no gradients, and batch-norm statistics stay as they are
@@ -327,11 +331,13 @@ class SiameseNet(nn.Module):
     def project(self, emb: torch.Tensor) -> torch.Tensor:
         return emb if self.head is None else self.head(emb)
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor):
+    def forward(self, a: torch.Tensor, b: torch.Tensor, with_embedding: bool = False):
+        """``with_embedding``: also return fc7 of ``cat([a, b])`` (for heads that read fc7)."""
         n = a.shape[0]
         emb, logits = self.net(torch.cat([a, b], 0))
         z = self.project(emb)
-        return z[:n], z[n:], logits[:n], logits[n:]
+        out = (z[:n], z[n:], logits[:n], logits[n:])
+        return out + (emb,) if with_embedding else out
 
     def pair_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(pair-space embedding, level logits)`` of single volumes (evaluation)."""

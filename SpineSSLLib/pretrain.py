@@ -94,14 +94,12 @@ def make_loss_fn(loss_cfg: LossConfig, alpha, aux_heads: dict):
     def loss_fn(model, batch, train):
         import torch
 
-        pa, pb, la, lb = model(batch["a"], batch["b"])
+        pa, pb, la, lb, emb = model(batch["a"], batch["b"], with_embedding=True)
         parts = pretrain_loss(pa, pb, la, lb, batch["y"], batch["level"], loss_cfg, alpha,
                               batch.get("subject_a"), batch.get("subject_b"))
         loss = parts.pop("loss")
         if aux_heads:
-            net = unwrap(model)
-            emb = net.embed(torch.cat([batch["a"], batch["b"]])) if loss_cfg.projection else torch.cat([pa, pb])
-            z = net.aux_logits(emb)
+            z = unwrap(model).aux_logits(emb)
             for name in aux_heads:
                 la_ = aux_loss(z[name], torch.cat([batch[f"aux_{name}_a"], batch[f"aux_{name}_b"]]))
                 parts[f"aux_{name}"] = la_

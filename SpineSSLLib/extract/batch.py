@@ -20,7 +20,7 @@ from .volumes import ExtractConfig, extract_scan
 SCAN_COLUMNS = ["scan_key", "subject_key", "status", "n_vb", "n_ivd", "missing", "issues", "error"]
 VOLUME_COLUMNS = ["volume_id", "scan_key", "subject_key", "family", "timepoint", "interval_days",
                   "field_strength", "level", "kind", "grade", "file", "index", "mid_slice", "width_mm",
-                  "levels_source"]
+                  "levels_source", "sex", "age_bin"]
 
 
 def _load_truth_family(path) -> str:
@@ -33,7 +33,7 @@ def _process(job: dict) -> dict:
     import traceback
 
     from ..errors import SpineSSLError
-    from ..index import identifiers, redact, redact_error
+    from ..privacy import identifiers, redact, redact_error
     from ..io import read_dicom_series, read_header, read_scan
 
     key = job["scan_key"]
@@ -68,7 +68,7 @@ def _process(job: dict) -> dict:
         if src.kind == "truth" and not meta.get("family"):
             fam = _load_truth_family(level_file)
             if fam:
-                from ..index import salted_key
+                from ..privacy import salted_key
 
                 meta["family"] = salted_key(job["salt"], "family:" + fam, prefix="F", n=10)
         grades: dict[str, int] = {}
@@ -94,7 +94,8 @@ def _process(job: dict) -> dict:
                              "interval_days": meta["interval_days"], "field_strength": meta["field_strength"],
                              "level": name, "kind": kind, "grade": grades.get(name, "") if kind == "IVD" else "",
                              "file": vol_rel, "index": i, "mid_slice": int(mids[i]), "width_mm": round(width, 2),
-                             "levels_source": src.kind})
+                             "levels_source": src.kind, "sex": meta.get("sex", ""),
+                             "age_bin": meta.get("age_bin", "")})
         issues = [redact(s, secret, words=True) for s in sv.issues]
         if job.get("qc"):
             qc_figure(os.path.join(job["cohort"], "qc", f"{key}.png"), scan, levels, sv, title=f"{key}")
@@ -127,21 +128,62 @@ class ExtractSummary:
     n_volumes: int = 0
 
 
+def write_manifests(cohort_dir, all_sel: list[dict], failed: dict[str, str], out_dir) -> tuple[int, list[dict]]:
+    """``volumes.csv`` and ``scans.csv`` in ``out_dir`` for the selected index rows ``all_sel``,
+    from the scans' sidecars in ``cohort_dir/volumes`` (finished scans of this and earlier runs);
+    ``failed``: scan_key -> "ErrorType: message".  Returns (number of volumes, scan rows)."""
+    from .. import atomic
+
+    c = os.fspath(cohort_dir)
+    vol_rows, scan_rows = [], []
+    for r in all_sel:
+        side = os.path.join(c, "volumes", f"{r['scan_key']}.json")
+        row = {"scan_key": r["scan_key"], "subject_key": r["subject_key"], "status": "not extracted",
+               "n_vb": 0, "n_ivd": 0, "missing": "", "issues": "", "error": ""}
+        if os.path.exists(side) and os.path.exists(side[:-5] + ".npz"):
+            with open(side, encoding="utf-8") as f:
+                doc = json.load(f)
+            vol_rows.extend(doc["rows"])
+            have = {v["level"] for v in doc["rows"]}
+            row.update(status="ok", n_vb=sum(v["kind"] == "VB" for v in doc["rows"]),
+                       n_ivd=sum(v["kind"] == "IVD" for v in doc["rows"]),
+                       missing=" ".join(n for n in LEVEL_NAMES + DISC_NAMES if n not in have),
+                       issues="; ".join(doc.get("issues", [])))
+        elif r["scan_key"] in failed:
+            row.update(status="failed", error=failed[r["scan_key"]])
+        scan_rows.append(row)
+    atomic.write_csv(os.path.join(out_dir, "volumes.csv"), vol_rows, VOLUME_COLUMNS)
+    atomic.write_csv(os.path.join(out_dir, "scans.csv"), scan_rows, SCAN_COLUMNS)
+    return len(vol_rows), scan_rows
+
+
 def run_extraction(cohort_dir, levels: LevelSource, config: ExtractConfig | None = None, workers: int = 1,
                    qc: bool = False, grades: str | None = None, root=None, overwrite: bool = False,
-                   debug: bool = False, limit: int | None = None) -> ExtractSummary:
+                   debug: bool = False, limit: int | None = None, shard=None) -> ExtractSummary:
     """Extract every selected scan of an indexed cohort; resumable, parallel, never stops on a
-    bad scan.  ``grades``: 'truth' (from the truth files) or a grades CSV path."""
+    bad scan.  ``grades``: 'truth' (from the truth files) or a grades CSV path.  ``shard``
+    (``shard.Shard``): only its subjects, manifests into ``C/shards/extract-I-of-N/`` (see
+    ``shard.py``)."""
     import concurrent.futures as cf
+    import contextlib
+    import glob
     import multiprocessing as mp
 
     from .. import atomic, progress
-    from ..index import ERROR_COLUMNS, load_or_create_salt, locate_sources, read_index
+    from ..index import ERROR_COLUMNS, locate_sources, read_index
+    from ..privacy import load_or_create_salt
 
     cfg = config or ExtractConfig()
     c = os.fspath(cohort_dir)
-    meta, rows = read_index(c)
-    all_sel = [r for r in rows if r["status"] == "selected"]
+    man_in, man_out = c, c
+    if shard is not None:
+        from ..shard import shard_dir
+
+        own_index = shard_dir(c, "index", shard)
+        man_in = os.fspath(own_index) if (own_index / "index.json").is_file() else c
+        man_out = os.fspath(shard_dir(c, "extract", shard))
+    meta, rows = read_index(man_in)
+    all_sel = [r for r in rows if r["status"] == "selected" and (shard is None or shard.owns(r["subject_key"]))]
     sel = all_sel[:limit] if limit else all_sel
     todo, summary = [], ExtractSummary()
     for r in sel:
@@ -151,12 +193,17 @@ def run_extraction(cohort_dir, levels: LevelSource, config: ExtractConfig | None
             summary.skipped += 1
         else:
             todo.append(r)
+            # temporaries of this scan left by a killed run (no other process writes this scan)
+            for sub in ("volumes", "qc"):
+                for tmp in glob.glob(os.path.join(glob.escape(os.path.join(c, sub)), f".{r['scan_key']}.*")):
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp)
     grades_table = None
     if grades and grades != "truth":
         grades_table = load_grades_csv(grades)
     if grades is None and levels.kind == "truth":
         grades = "truth"
-    sources = locate_sources(c, root, {r["scan_key"] for r in todo}) if todo else {}
+    sources = locate_sources(c, root, {r["scan_key"] for r in todo}, man_in) if todo else {}
     # worker processes share the cores; in-process (one worker) the caller's torch thread
     # setting is used and left as it was
     n_threads = max(1, (os.cpu_count() or 1) // max(1, workers)) if workers > 1 else None
@@ -175,7 +222,8 @@ def run_extraction(cohort_dir, levels: LevelSource, config: ExtractConfig | None
                      "grades": grades, "grades_table": grades_table, "qc": qc, "debug": debug,
                      "threads": n_threads, "salt": salt, "root": str(root or meta["root"]), "max_oblique_deg": float(icfg.get("max_oblique_deg", 30.0)),
                      "spacing_tol_mm": float(icfg.get("spacing_tol_mm", 0.05)),
-                     "row": {k: r[k] for k in ("subject_key", "family", "timepoint", "interval_days", "field_strength")}})
+                     "row": {k: r.get(k, "") for k in ("subject_key", "family", "timepoint", "interval_days",
+                                                        "field_strength", "sex", "age_bin")}})
     results = list(missing)
     with progress.Progress(len(jobs), desc="extracting", unit="scan") as bar:
         if workers <= 1 or len(jobs) <= 1:
@@ -206,28 +254,18 @@ def run_extraction(cohort_dir, levels: LevelSource, config: ExtractConfig | None
             summary.failed += 1
     summary.results = results
     # manifest of every extracted volume (finished scans from this and earlier runs)
-    vol_rows, scan_rows = [], []
-    failed = {x["scan_key"]: x for x in results if x["status"] != "ok"}
-    for r in all_sel:
-        side = os.path.join(c, "volumes", f"{r['scan_key']}.json")
-        row = {"scan_key": r["scan_key"], "subject_key": r["subject_key"], "status": "not extracted",
-               "n_vb": 0, "n_ivd": 0, "missing": "", "issues": "", "error": ""}
-        if os.path.exists(side) and os.path.exists(side[:-5] + ".npz"):
-            with open(side, encoding="utf-8") as f:
-                doc = json.load(f)
-            vol_rows.extend(doc["rows"])
-            have = {v["level"] for v in doc["rows"]}
-            row.update(status="ok", n_vb=sum(v["kind"] == "VB" for v in doc["rows"]),
-                       n_ivd=sum(v["kind"] == "IVD" for v in doc["rows"]),
-                       missing=" ".join(n for n in LEVEL_NAMES + DISC_NAMES if n not in have),
-                       issues="; ".join(doc.get("issues", [])))
-        elif r["scan_key"] in failed:
-            x = failed[r["scan_key"]]
-            row.update(status="failed", error=f"{x['error_type']}: {x['message']}")
-        scan_rows.append(row)
-    summary.n_volumes = len(vol_rows)
-    atomic.write_csv(os.path.join(c, "volumes.csv"), vol_rows, VOLUME_COLUMNS)
-    atomic.write_csv(os.path.join(c, "scans.csv"), scan_rows, SCAN_COLUMNS)
+    failures = sorted(({"file": x["file"], "stage": x["stage"], "error_type": x["error_type"], "message": x["message"]}
+                       for x in results if x["status"] != "ok"),
+                      key=lambda e: (e["file"], e["stage"], e["error_type"], e["message"]))
+    failed = {x["scan_key"]: f"{x['error_type']}: {x['message']}" for x in results if x["status"] != "ok"}
+    summary.n_volumes, _ = write_manifests(c, all_sel, failed, man_out)
+    if shard is not None:  # the shard's failures only; `spine-ssl merge` adds the index's rows
+        from ..privacy import salt_id
+
+        atomic.write_csv(os.path.join(man_out, "errors.csv"), failures, ERROR_COLUMNS)
+        atomic.write_json(os.path.join(man_out, "shard.json"), {"shard": str(shard), "salt_id": salt_id(salt),
+                                                               "config": dataclasses.asdict(cfg)})
+        return summary
     # errors table (contract: C/errors.csv): the index's rows are kept, extraction failures of
     # this run replace those of earlier runs (scans that failed before are retried each run)
     err_path = os.path.join(c, "errors.csv")
@@ -235,7 +273,5 @@ def run_extraction(cohort_dir, levels: LevelSource, config: ExtractConfig | None
     if os.path.exists(err_path):
         with open(err_path, newline="", encoding="utf-8") as f:
             kept = [r for r in csv.DictReader(f) if r.get("stage") == "index"]
-    errs = kept + [{"file": x["file"], "stage": x["stage"], "error_type": x["error_type"], "message": x["message"]}
-                   for x in results if x["status"] != "ok"]
-    atomic.write_csv(err_path, errs, ERROR_COLUMNS)
+    atomic.write_csv(err_path, kept + failures, ERROR_COLUMNS)
     return summary

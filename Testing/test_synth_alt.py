@@ -170,7 +170,7 @@ def test_grade_frequencies_follow_spider_and_the_rater_errs_near_boundaries():
         for d, g in zip(DISC_NAMES, vs[0].true_grades):
             base[d][g] += 1
         for v in vs:
-            for g, t, a in zip(v.grades, v.true_grades, v.appearance):
+            for g, t in zip(v.grades, v.true_grades):
                 moved += g != t
                 total += 1
         if len(vs) > 1:

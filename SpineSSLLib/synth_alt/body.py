@@ -96,9 +96,8 @@ class Body:
                 np.interp(s, k, self.W_k), np.interp(s, k, self.M_k))
 
     def render(self, x, y, z):
-        """T2 signal of the surroundings at body points (2D arrays) and the canal mask."""
+        """T2 signal of the surroundings at body points (arrays of any shape) and the canal mask."""
         S, sp, va = self.S, self.sp, self.va
-        soft = va.subject.soft
         s, n = sp.curve_coords(y, z)
         xr = x - np.interp(s, sp.s, sp.x)
         a, c, D, W, M = self.profile(s)

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import LEVEL_NAMES
 from ..synth.labels import CANAL_LABEL, SACRUM_LABEL, disc_label, vertebra_label
 from .body import Body, _trilinear
 from .protocol import Protocol, image_axes, rot, signal, tissue_signals
@@ -180,10 +179,16 @@ class _Painter:
         Rj, Ri = g.render
         bases = np.array([g.to_body(g.affine[:3, 3] + self.nrm * self.dk * k) for k in range(K)])
         ic, jc = np.arange(0, Ri, 2, dtype=np.float32), np.arange(0, Rj, 2, dtype=np.float32)
-        X, Y, Z = ((bases[:, a, None, None] + self.bi[a] * ic[None, None, :] + self.bj[a] * jc[None, :, None])
-                   .astype(np.float32) for a in range(3))
-        bg_c, canal_c = self.body.render(X, Y, Z)
-        coil = _lerp_up(self.coil(X, Y, Z), Rj, Ri)
+        bg_c = np.empty((K, len(jc), len(ic)), np.float32)
+        canal_c = np.empty((K, len(jc), len(ic)), bool)
+        coil_c = np.empty((K, len(jc), len(ic)), np.float32)
+        step = max(1, int(2e5 // (len(ic) * len(jc))))  # surroundings a few slices at a time (memory)
+        for k0 in range(0, K, step):
+            X, Y, Z = ((bases[k0:k0 + step, a, None, None] + self.bi[a] * ic[None, None, :]
+                        + self.bj[a] * jc[None, :, None]).astype(np.float32) for a in range(3))
+            bg_c[k0:k0 + step], canal_c[k0:k0 + step] = self.body.render(X, Y, Z)
+            coil_c[k0:k0 + step] = self.coil(X, Y, Z)
+        coil = _lerp_up(coil_c, Rj, Ri)
         n_sub = 2 if p.thickness <= 4.0 else 3
         offs = np.linspace(-0.35, 0.35, n_sub) * p.thickness
         wts = (np.array([0.5, 0.5]) if n_sub == 2 else np.array([0.3, 0.4, 0.3])).astype(np.float32)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .subject import CHAIN_DISCS, MOBILE, N_RBF, Visit
+from .subject import N_RBF, Visit
 
 DS = 0.5  # centreline sampling (mm)
 RBF_SIGMA = 0.38
@@ -182,10 +182,6 @@ def vb_field(p: dict, u, v, w):
     r = np.sqrt(u * u + v * v + w * w)
     sd = r * (1 / np.maximum(F, 1e-6) - 1)
     return _sig(sd / 0.3), sd, (u / a, v / bh, w / c)
-
-
-def vb_inside(p: dict, u, v, w):
-    return vb_field(p, u, v, w)[1] > 0
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ and endplate changes, and the rater is most often wrong close to a grade boundar
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from statistics import NormalDist
 
 import numpy as np

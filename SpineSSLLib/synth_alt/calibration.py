@@ -54,8 +54,7 @@ def _sample(scan, centre, half_ap, half_si, step=1.0, lateral=(0.0,)):
 
 
 def load_truths(root) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((Path(root) / "truth").glob("*.json"))
-            if not p.name.endswith("_labels.nii.gz")]
+    return [json.loads(p.read_text()) for p in sorted((Path(root) / "truth").glob("*.json"))]
 
 
 def _pairs(truths, rng, max_neg=3):

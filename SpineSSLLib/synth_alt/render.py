@@ -321,8 +321,6 @@ def scanner(vol: np.ndarray, p: Protocol, g: Geometry, r: np.random.Generator, c
     K, Rj, Ri = vol.shape
     Mj, Mi = g.acq
     _, Nj, Ni = g.shape
-    F = sfft.rfft2(vol, axes=(1, 2), norm="forward", workers=1)
-    F = F[:, np.r_[0:Mj // 2, Rj - Mj // 2:Rj], :Mi // 2 + 1]
     kj = np.abs(np.fft.fftfreq(Mj) * 2)
     ki = np.arange(Mi // 2 + 1) / (Mi / 2)
     w = np.ones((Mj, Mi // 2 + 1), np.float32)
@@ -339,18 +337,23 @@ def scanner(vol: np.ndarray, p: Protocol, g: Geometry, r: np.random.Generator, c
             w = w * (1 + p.ghost * np.cos(2 * np.pi * q / period))[:, None]
         else:
             w = w * (1 + p.ghost * np.cos(2 * np.pi * np.arange(Mi // 2 + 1) / period))[None, :]
-    F = F * w.astype(np.float32)
-    P = np.zeros((K, Nj, Ni // 2 + 1), np.complex64)
-    P[:, np.r_[0:Mj // 2, Nj - Mj // 2:Nj], :Mi // 2 + 1] = F
-    x = sfft.irfft2(P, s=(Nj, Ni), axes=(1, 2), norm="forward", workers=1).astype(np.float32)
+    w = w.astype(np.float32)
     sigma = np.float32(csf / p.snr)
-    nr = _resize(r.standard_normal((K, Mj, Mi), dtype=np.float32), Nj, Ni) * sigma
-    if p.noise == "rician":
-        ni = _resize(r.standard_normal((K, Mj, Mi), dtype=np.float32), Nj, Ni) * sigma
-        out = np.sqrt((x + nr) ** 2 + ni**2)
-    else:
-        out = np.clip(x + nr, 0, None)
-    return out.astype(np.float32)
+    n_r = r.standard_normal((K, Mj, Mi), dtype=np.float32)
+    n_i = r.standard_normal((K, Mj, Mi), dtype=np.float32) if p.noise == "rician" else None
+    out = np.empty((K, Nj, Ni), np.float32)
+    rows_r, rows_n = np.r_[0:Mj // 2, Rj - Mj // 2:Rj], np.r_[0:Mj // 2, Nj - Mj // 2:Nj]
+    for k0 in range(0, K, 4):  # a few slices at a time (memory)
+        F = sfft.rfft2(vol[k0:k0 + 4], axes=(1, 2), norm="forward", workers=1)[:, rows_r, :Mi // 2 + 1] * w
+        P = np.zeros((len(F), Nj, Ni // 2 + 1), np.complex64)
+        P[:, rows_n, :Mi // 2 + 1] = F
+        x = sfft.irfft2(P, s=(Nj, Ni), axes=(1, 2), norm="forward", workers=1).astype(np.float32)
+        nr = _resize(n_r[k0:k0 + 4], Nj, Ni) * sigma
+        if n_i is not None:
+            out[k0:k0 + 4] = np.sqrt((x + nr) ** 2 + (_resize(n_i[k0:k0 + 4], Nj, Ni) * sigma) ** 2)
+        else:
+            out[k0:k0 + 4] = np.clip(x + nr, 0, None)
+    return out
 
 
 def render_visit(va: Visit, p: Protocol, max_matrix: int) -> Rendered:
@@ -364,6 +367,7 @@ def render_visit(va: Visit, p: Protocol, max_matrix: int) -> Rendered:
     Rj, Ri = g.render
     vol, lab = painter.paint()
     arr = scanner(vol, p, g, rng(p.seed, 2), painter.S["csf"])
+    del vol
     jj = np.clip(np.round(np.arange(Nj) * Rj / Nj).astype(int), 0, Rj - 1)
     ii = np.clip(np.round(np.arange(Ni) * Ri / Ni).astype(int), 0, Ri - 1)
     labels = lab[:, jj][:, :, ii]

@@ -217,6 +217,8 @@ class SpineSSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self):
         self.onCancel()
+        if getattr(self, "_timer", None) is not None:
+            self._timer.stop()
         self.removeObservers()
 
     def enter(self):
@@ -248,7 +250,8 @@ class SpineSSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def setParameterNode(self, inputParameterNode):
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterModified)
+            if self.getObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterModified):
+                self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterModified)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
@@ -426,7 +429,8 @@ class SpineSSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(message + (":\n" + "\n".join(self._lastLines) if self._lastLines else "."))
         else:
             self._log(f"spine-ssl {self._currentArgs[0]} finished")
-            self.logic.useTrainedModel(self._parameterNode, self._currentArgs)
+            if self._parameterNode:
+                self.logic.useTrainedModel(self._parameterNode, self._currentArgs)
         self._startNext()
 
     def onCancel(self):
@@ -842,7 +846,7 @@ class SpineSSLTest(ScriptedLoadableModuleTest):
             return
         self.delayDisplay("Generating the synthetic subject")
         logic = SpineSSLLogic()
-        baseline, followup = logic.loadSyntheticSubject()[:2]
+        baseline = logic.loadSyntheticSubject()[0]
         truthLevels = slicer.mrmlScene.GetNodeByID(baseline.GetAttribute("SpineSSL.TruthLevels"))
         p = logic.getParameterNode()
         p.inputVolume = baseline

@@ -19,7 +19,6 @@ import types
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-
 # --------------------------------------------------------------------------------------------
 # signals and objects
 
@@ -777,8 +776,9 @@ class CoreIOManager:
         return "MarkupsFile" if str(path).endswith(".mrk.json") else "VolumeFile"
 
     def loadNodes(self, fileType, properties, loaded):
-        from SpineSSLLib import scene as S
         import slicer
+
+        from SpineSSLLib import scene as S
 
         path, name = properties["fileName"], properties.get("name")
         if fileType == "MarkupsFile":

@@ -156,7 +156,7 @@ def test_parameter_node_is_created_and_every_parameter_set_and_cleared(h, scene)
         p.levelSource = "Guess"
     with pytest.raises(ValueError):
         p.sameThreshold = -1.0
-    with pytest.raises(Exception):
+    with pytest.raises(TypeError):
         p.levelsLabels = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "not a label map")
     assert slicer.mrmlScene.GetSingletonNode("SpineSSL", "vtkMRMLScriptedModuleNode") is p.parameterNode
 
@@ -211,6 +211,14 @@ def test_widget_setup_binds_every_parameter_to_its_widget_and_back(h, scene):
     p.inputVolume = volume
     assert ui.inputVolumeSelector.currentNode() is volume
     assert ui.extractButton.enabled and not ui.compareButton.enabled and not ui.cancelButton.enabled
+    # leaving and entering the module, then File > Close scene: a fresh parameter node, connected
+    w.exit()
+    w.enter()
+    assert w._parameterNode.inputVolume is volume
+    scene.Clear(0)
+    assert w._parameterNode is not p and w._parameterNode.inputVolume is None
+    ui.levelSourceComboBox.currentIndex = 2
+    assert w._parameterNode.levelSource == "Detect"
     w.cleanup()
 
 
@@ -249,7 +257,7 @@ def test_buttons_run_the_workflow_on_the_sample_subject(h, scene, models, tmp_pa
     import qt
     import slicer
 
-    logic, baseline, followup, levels = _subject(h)
+    _, baseline, followup, levels = _subject(h)
     w = h.widget()
     p, ui = w._parameterNode, w.ui
     ui.inputVolumeSelector.setCurrentNode(baseline)
@@ -333,8 +341,8 @@ def test_every_logic_method_on_the_sample_subject(h, scene, models, tmp_path):
     with pytest.raises(ValueError, match="Nothing to save"):
         logic.saveOutputs(scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty"), tmp_path)
     # levels from a label map (the synthetic truth label map) and from the bundled detector
-    truth = json.loads(sorted((Path(slicer.app.temporaryPath) / "SpineSSL" / "synthetic-subject-1" / "truth")
-                              .glob("*.json"))[0].read_text())
+    truth = json.loads(min((Path(slicer.app.temporaryPath) / "SpineSSL" / "synthetic-subject-1" / "truth")
+                           .glob("*.json")).read_text())
     root = Path(slicer.app.temporaryPath) / "SpineSSL" / "synthetic-subject-1"
     storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
     storage.SetFileName(str(root / "truth" / truth["labelmap"]))
@@ -477,7 +485,6 @@ def test_cancel_ends_the_whole_process_tree(h, scene, tmp_path):
 def test_output_reader_survives_undecodable_bytes_and_read_errors(h):
     """Defect 8: the reader thread died on a decode error and the panel waited forever."""
     import slicer
-
     import SpineSSLJobs
 
     proc = slicer.util.launchConsoleProcess(
@@ -513,7 +520,6 @@ def test_dependency_plan_is_shown_and_confirmed_before_anything_is_installed(h, 
     import ctk
     import qt
     import slicer
-
     import SpineSSLDependencies as D
 
     plan = D.plan()
@@ -554,7 +560,6 @@ def test_dependency_plan_is_shown_and_confirmed_before_anything_is_installed(h, 
 
 
 def test_pip_install_runs_against_constraints_that_keep_torch_and_slicers_packages(h, monkeypatch, tmp_path):
-    import slicer
 
     import SpineSSLDependencies as D
 
@@ -605,7 +610,6 @@ print("ok", mod.SpineSSLLogic.backendVersion())
 
 def test_self_test_runs_and_installs_nothing(h, scene):
     import slicer
-
     import SpineSSLDependencies as D
 
     calls = []

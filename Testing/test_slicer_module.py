@@ -275,7 +275,7 @@ def test_batch_grades_with_a_model_checkpoint(cohort, tmp_path):
     lst.write_text(f"image,levels\n{cohort / doc['dicom_dir']},{truth}\n")
     out = tmp_path / "out"
     assert batch.main(["--list", str(lst), "--out", str(out), "--model", str(tmp_path / "grading"),
-                       "--device", "cpu"]) == 0
+                       "--device", "cpu", "--save-volume"]) == 0
     (d,) = [p for p in out.iterdir() if p.is_dir()]
     scene = slicer.vtkMRMLScene()
     rows = S.results_from_table(S.load_table(scene, d / f"{d.name}.csv"))
@@ -285,4 +285,9 @@ def test_batch_grades_with_a_model_checkpoint(cohort, tmp_path):
     for r in rows:
         assert sum(r.probabilities) == pytest.approx(1.0, abs=1e-4)
         assert r.grade == int(np.argmax(r.probabilities)) + 1 and tags[r.name] == str(r.grade)
+    # the user guide's panel figure: slice, table and plot views from these outputs
+    figures = _load_script(FIGURES)
+    assert figures.main([str(out), "--out", str(tmp_path / "img"), "--panel"]) == 0
+    png = (tmp_path / "img" / "slicer_module_panel.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
     assert batch.main(["--list", str(lst), "--out", str(out), "--model", str(tmp_path / "nothing")]) == 2

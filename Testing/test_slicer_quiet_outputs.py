@@ -27,7 +27,7 @@ def _volume_and_segmentation(scene):
 def test_temporary_label_maps_find_their_colour_table(capfd):
     """`make demo` printed ~30 'the color table node: vtkMRMLColorTableNodeLabels can't be found'."""
     scene = slicer.vtkMRMLScene()
-    node, seg, affine, shape = _volume_and_segmentation(scene)
+    _, seg, affine, shape = _volume_and_segmentation(scene)
     capfd.readouterr()
     mask = S.segment_mask(seg, "L4", affine, shape)
     assert mask.sum() > 0

@@ -4,13 +4,14 @@ Thin GUI over ``SpineSSLLib`` (the backend, importable without Slicer).  Four cl
 Slicer's scripted-module template: Module, Widget, Logic, Test.  All MRML work is done by the
 qt-free ``SpineSSLLib.scene`` (tested with pytest on slicer-core); the Logic only wires the scene
 layer and SpineSSLLib together; long work (cohorts, training) runs as a ``PythonSlicer``
-subprocess running the ``spine-ssl`` command line, so the GUI stays responsive.
+subprocess running the ``spine-ssl`` command line (``SpineSSLJobs``), so the GUI stays
+responsive.  Python packages are checked and installed by ``SpineSSLDependencies``.
 """
 
+import importlib.util
 import logging
 import os
 import queue
-import shutil
 import sys
 import threading
 from pathlib import Path
@@ -34,22 +35,43 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+
+def findBackend(moduleDir=None):
+    """Make ``import SpineSSLLib`` (and this module's helpers) work.  An installed extension has
+    SpineSSLLib beside this file in Slicer's scripted-modules folder (on sys.path); a source
+    checkout added as an additional module path (``<repo>/SpineSSL``) has it in the repository
+    root, which is put on sys.path here.  Returns the folder added, or None."""
+    moduleDir = moduleDir or os.path.dirname(os.path.abspath(__file__))
+    if moduleDir not in sys.path:
+        sys.path.append(moduleDir)  # SpineSSLJobs, SpineSSLDependencies
+    if importlib.util.find_spec("SpineSSLLib") is not None:
+        return None
+    root = os.path.dirname(moduleDir)
+    if os.path.isfile(os.path.join(root, "SpineSSLLib", "__init__.py")):
+        sys.path.append(root)
+        return root
+    return None
+
+
+findBackend()
+import SpineSSLDependencies  # noqa: E402 - after findBackend
+import SpineSSLJobs  # noqa: E402
+
 LEVEL_SOURCES = ["Markups", "Label map or segmentation", "Detect"]
 COHORT_TASKS = ["Index and extract", "Pretrain (self-supervised)", "Train grading"]
 STRUCTURES = ["T12", "L1", "L2", "L3", "L4", "L5", "S1", "T12-L1", "L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1"]
-REQUIREMENTS = {"monai": "monai>=1.3", "safetensors": "safetensors>=0.4", "tqdm": "tqdm>=4.60"}
 SAMPLE_NAME = "SpineSSLSyntheticSubject"
+SAMPLE_URI = "spinessl://synthetic-subject/"
+SAMPLE_FILES = {  # file in the generated sample -> node name
+    "visit0.nrrd": "SpineSSL subject visit 0", "visit0-levels.mrk.json": "SpineSSL subject visit 0 truth levels",
+    "visit1.nrrd": "SpineSSL subject visit 1", "visit1-levels.mrk.json": "SpineSSL subject visit 1 truth levels"}
+TERMINOLOGY_FILE = "SegmentationCategoryTypeModifier-SpineSSL.term.json"
+SETTINGS = {"gradingModel": "SpineSSL/GradingModel", "pretrainedModel": "SpineSSL/PretrainedModel"}
+parseProgressLine = SpineSSLJobs.parse_progress
 
 
-def parseProgressLine(line):
-    """``"PROGRESS 3/10 extract"`` -> ``(3, 10, "extract")``; any other line -> ``None``."""
-    parts = line.strip().split(" ", 2)
-    if len(parts) < 2 or parts[0] != "PROGRESS" or "/" not in parts[1]:
-        return None
-    done, _, total = parts[1].partition("/")
-    if not (done.isdigit() and total.isdigit()):
-        return None
-    return int(done), int(total), parts[2] if len(parts) > 2 else ""
+def _isSet(path):
+    return str(path) not in ("", ".")
 
 
 #
@@ -75,22 +97,40 @@ class SpineSSL(ScriptedLoadableModule):
             "MICCAI DLMIA 2017. Acquisition parameters and grade frequencies of the synthetic cohort "
             "come from the SPIDER dataset (van der Graaf et al., Sci Data 2024, CC-BY 4.0)."
         )
+        self.terminologyName = None
         slicer.app.connect("startupCompleted()", registerSampleData)
+        slicer.app.connect("startupCompleted()", self.configureTerminology)
+
+    def configureTerminology(self):
+        """The vertebra and disc codes of the segments (not in Slicer's DICOM master list)."""
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "Resources", TERMINOLOGY_FILE)
+        self.terminologyName = slicer.modules.terminologies.logic().LoadTerminologyFromFile(path)
+        return self.terminologyName
 
 
 def registerSampleData():
-    """A SampleData entry that generates a small synthetic longitudinal subject (no download)."""
+    """A SampleData entry that generates a small synthetic longitudinal subject (no download).
+    The GUI button runs ``loadSyntheticSubjectSample``; ``SampleData.downloadSample`` (which never
+    calls custom downloaders) gets the same files through a URL rewrite rule."""
     import SampleData
 
     SampleData.SampleDataLogic.registerCustomSampleDataSource(
         category="SpineSSL",
         sampleName=SAMPLE_NAME,
         thumbnailFileName=os.path.join(os.path.dirname(__file__), "Resources", "Icons", "SpineSSL.png"),
-        uris=["spinessl://synthetic-subject"],
-        fileNames=[SAMPLE_NAME],
-        nodeNames=["SpineSSL subject visit 0"],
+        uris=[SAMPLE_URI + name for name in SAMPLE_FILES],
+        fileNames=[f"{SAMPLE_NAME}-{name}" for name in SAMPLE_FILES],
+        nodeNames=list(SAMPLE_FILES.values()),
         customDownloader=loadSyntheticSubjectSample,
     )
+    SampleData.SampleDataLogic.registerUrlRewriteRule("SpineSSL", sampleUrlRewriteRule)
+
+
+def sampleUrlRewriteRule(url):
+    """``spinessl://synthetic-subject/<file>`` -> the generated file's ``file://`` URL."""
+    if not url.startswith(SAMPLE_URI):
+        return url
+    return SpineSSLLogic().syntheticSubjectFiles()[url[len(SAMPLE_URI):]].as_uri()
 
 
 def loadSyntheticSubjectSample(source=None):
@@ -111,7 +151,8 @@ class SpineSSLParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     levelSource: Annotated[str, Choice(LEVEL_SOURCES)] = "Markups"
     levelsMarkups: vtkMRMLMarkupsFiducialNode
-    levelsLabels: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]
+    # a node selector that may be empty: Slicer's wrapper writes None when the node is created
+    levelsLabels: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode, None]
     labelMapping: Annotated[str, Choice(["spider", "synthetic", "totalseg_mr", "totalspineseg"])] = "spider"
     gradingModel: Path
     useTTA: bool = True
@@ -123,7 +164,8 @@ class SpineSSLParameterNode:
     cohortTask: Annotated[str, Choice(COHORT_TASKS)] = "Index and extract"
     cohortFolder: Path
     workFolder: Path
-    cohortArguments: str = "--levels truth:TRUTH_FOLDER"
+    cohortLevels: str = "truth:TRUTH_FOLDER"
+    cohortArguments: str = ""
 
 
 #
@@ -141,6 +183,8 @@ class SpineSSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._process = None
         self._pending = []
         self._queue = None
+        self._cancelled = False
+        self._lastLines = []
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -149,19 +193,14 @@ class SpineSSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = SpineSSLLogic()
-
-        # choices before connectGui (the parameter node then selects the saved one)
-        for combo, items in ((self.ui.levelSourceComboBox, LEVEL_SOURCES),
-                             (self.ui.labelMappingComboBox, ["spider", "synthetic", "totalseg_mr", "totalspineseg"]),
-                             (self.ui.structureComboBox, STRUCTURES), (self.ui.cohortTaskComboBox, COHORT_TASKS)):
-            combo.clear()
-            combo.addItems(items)
         self._fillLegend()
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
+        self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
         self.ui.placeLevelsButton.connect("clicked(bool)", self.onPlaceLevels)
+        self.ui.trainModelButton.connect("clicked(bool)", self.onTrainModel)
         self.ui.extractButton.connect("clicked(bool)", self.onExtract)
         self.ui.gradeButton.connect("clicked(bool)", self.onGrade)
         self.ui.compareButton.connect("clicked(bool)", self.onCompare)
@@ -173,10 +212,13 @@ class SpineSSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer = qt.QTimer()
         self._timer.setInterval(200)
         self._timer.connect("timeout()", self._pollProcess)
+        self.updateDependencyStatus()
         self.initializeParameterNode()
 
     def cleanup(self):
         self.onCancel()
+        if getattr(self, "_timer", None) is not None:
+            self._timer.stop()
         self.removeObservers()
 
     def enter(self):
@@ -186,7 +228,7 @@ class SpineSSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterModified)
 
     def onSceneStartClose(self, caller, event):
         self.setParameterNode(None)
@@ -198,33 +240,45 @@ class SpineSSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def initializeParameterNode(self):
         self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.inputVolume:
+        p = self._parameterNode
+        if not p.inputVolume:
             first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if first:
-                self._parameterNode.inputVolume = first
+                p.inputVolume = first
+        self.logic.restoreModelFolders(p)
 
     def setParameterNode(self, inputParameterNode):
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+            if self.getObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterModified):
+                self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterModified)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
-            self._updateButtons()
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterModified)
+            self._onParameterModified()
 
-    def _updateButtons(self, caller=None, event=None):
+    def _onParameterModified(self, caller=None, event=None):
+        self.logic.rememberModelFolders(self._parameterNode)
+        self._updateButtons()
+
+    def _updateButtons(self):
         p = self._parameterNode
         busy = self._process is not None
         hasVolume = bool(p and p.inputVolume)
+        grading = self.logic.modelStatus(p.gradingModel if p else Path(), "grade")
         self.ui.placeLevelsButton.enabled = hasVolume
         self.ui.extractButton.enabled = hasVolume and not busy
-        self.ui.gradeButton.enabled = hasVolume and not busy
+        self.ui.gradeButton.enabled = hasVolume and not busy and grading[0]
+        self.ui.gradeButton.toolTip = ("Grade every extracted disc with the grading model" if grading[0]
+                                       else "Choose a grading model folder first: " + grading[1])
+        self.ui.modelStatusLabel.text = grading[1]
         self.ui.compareButton.enabled = hasVolume and bool(p.compareVolume) and not busy
-        self.ui.runCohortButton.enabled = bool(p and str(p.cohortFolder) not in ("", ".")) and not busy
+        self.ui.runCohortButton.enabled = bool(p and _isSet(p.cohortFolder)) and not busy
         self.ui.cancelButton.enabled = busy
         self.ui.levelsMarkupsSelector.enabled = bool(p) and p.levelSource == "Markups"
         self.ui.levelsLabelsSelector.enabled = bool(p) and p.levelSource == "Label map or segmentation"
+        self.ui.cohortLevelsLineEdit.enabled = bool(p) and p.cohortTask == "Index and extract"
 
     def _fillLegend(self):
         from SpineSSLLib import scene
@@ -239,6 +293,21 @@ class SpineSSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.logTextEdit.appendPlainText(text)
         logging.info(text)
 
+    # --- Python packages ---
+
+    def updateDependencyStatus(self):
+        """The panel says what is installed and what would be installed, before anything is."""
+        plan = SpineSSLDependencies.plan()
+        self.ui.dependenciesLabel.text = plan.summary()
+        self.ui.installDependenciesButton.enabled = not plan.ready
+        self.ui.dependenciesCollapsibleButton.collapsed = plan.ready
+        return plan
+
+    def onInstallDependencies(self):
+        with slicer.util.tryWithErrorDisplay("Installing the Python packages failed.", waitCursor=False):
+            self.logic.ensureDependencies()
+        self.updateDependencyStatus()
+
     # --- actions on the current volume (in-process, short) ---
 
     def onPlaceLevels(self):
@@ -247,6 +316,15 @@ class SpineSSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p.levelSource = "Markups"
         p.levelsMarkups = node
         self._log(f"Click T12, L1, ... S1 centres in order on the sagittal view ({node.GetName()}).")
+
+    def onTrainModel(self):
+        """The way to a first model: the cohort section, set to train a grading model."""
+        p = self._parameterNode
+        p.cohortTask = "Train grading"
+        self.ui.cohortCollapsibleButton.collapsed = False
+        self._log("To train a grading model on your cohort: choose its scan folder (DICOM) and a work folder, "
+                  "run 'Index and extract' (levels: a folder of level files or 'detect'), then 'Train grading'; "
+                  "the model folder is filled in when training ends.")
 
     def onExtract(self):
         with slicer.util.tryWithErrorDisplay("Extraction failed.", waitCursor=True):
@@ -272,7 +350,8 @@ class SpineSSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
             outputs = self.logic.compare(self._parameterNode)
             self.logic.showTableAndPlot(outputs)
-            self._log("fc7 distances: " + ", ".join(f"{r.name} {r.distance:.3g}" for r in outputs.results))
+            self._log("fc7 distances: " + ", ".join(f"{r.name} {r.distance:.3g}" for r in outputs.results
+                                                    if r.distance is not None))
 
     def onShowStructure(self):
         with slicer.util.tryWithErrorDisplay("Cannot show the extracted volume.", waitCursor=True):
@@ -297,6 +376,7 @@ class SpineSSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay("Cannot start the cohort task.", waitCursor=False):
             commands = self.logic.cohortCommands(self._parameterNode)
             self._pending = list(commands)
+            self._cancelled = False
             self._startNext()
 
     def _startNext(self):
@@ -306,19 +386,14 @@ class SpineSSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         args = self._pending.pop(0)
         self._log("$ spine-ssl " + " ".join(args))
+        self._currentArgs = args
+        self._lastLines = []
         self.ui.progressBar.setValue(0)
         self._process = self.logic.startCli(args)
         self._queue = queue.Queue()
-        threading.Thread(target=self._readOutput, args=(self._process, self._queue), daemon=True).start()
+        threading.Thread(target=SpineSSLJobs.read_output, args=(self._process, self._queue), daemon=True).start()
         self._timer.start()
         self._updateButtons()
-
-    @staticmethod
-    def _readOutput(process, q):
-        for line in iter(process.stdout.readline, ""):
-            q.put(line.rstrip("\n"))
-        process.stdout.close()
-        q.put(None)  # end of output
 
     def _pollProcess(self):
         finished = False
@@ -337,21 +412,34 @@ class SpineSSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.progressBar.setValue(min(done, max(total, 1)))
                 self.ui.progressBar.setFormat(f"{desc} %v/%m")
             elif line:
+                self._lastLines = (self._lastLines + [line])[-3:]
                 self._log(line)
         if finished:
-            code = self._process.wait()
-            self._timer.stop()
-            self._log(f"finished with exit code {code}")
-            if code != 0:
-                self._pending = []
-            self._startNext()
+            self._finished(self._process.wait())
+
+    def _finished(self, code):
+        self._timer.stop()
+        if self._cancelled:
+            self._log("cancelled: the job and the processes it started were stopped")
+            self._pending = []
+        elif code != 0:
+            self._pending = []
+            message = f"spine-ssl {self._currentArgs[0]} failed (exit code {code})"
+            self._log(message)
+            slicer.util.errorDisplay(message + (":\n" + "\n".join(self._lastLines) if self._lastLines else "."))
+        else:
+            self._log(f"spine-ssl {self._currentArgs[0]} finished")
+            if self._parameterNode:
+                self.logic.useTrainedModel(self._parameterNode, self._currentArgs)
+        self._startNext()
 
     def onCancel(self):
         if self._process is None:
             return
         self._pending = []
-        self.logic.stopCli(self._process)
-        self._log("cancelled")
+        self._cancelled = True
+        stopped = self.logic.stopCli(self._process)
+        self._log(f"cancelling (stopping {len(stopped)} processes)")
 
 
 #
@@ -365,6 +453,8 @@ class SpineSSLLogic(ScriptedLoadableModuleLogic):
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
         self._extracted = {}  # volume node ID -> SpineSSLLib.scene.SceneOutputs
+        self._inputs = {}  # volume node ID -> what the extraction was computed from
+        self._detected = {}  # volume node ID -> (volume state, detected levels)
 
     def getParameterNode(self):
         return SpineSSLParameterNode(super().getParameterNode())
@@ -372,6 +462,8 @@ class SpineSSLLogic(ScriptedLoadableModuleLogic):
     def clearResults(self):
         """Forget extractions (node IDs are reused after the scene is closed)."""
         self._extracted.clear()
+        self._inputs.clear()
+        self._detected.clear()
 
     @staticmethod
     def backendVersion():
@@ -382,32 +474,98 @@ class SpineSSLLogic(ScriptedLoadableModuleLogic):
     # dependencies
 
     def ensureDependencies(self, askConfirmation=True):
-        """torch through the PyTorch extension, the rest with pip after a confirmation.  Returns
-        False (and installs nothing) when the user declines."""
-        import importlib.util
-
-        if importlib.util.find_spec("torch") is None:
+        """Check the Python packages; when some are missing, say which and how they would be
+        installed, and install them only after the user agreed (torch through the PyTorch
+        extension, the rest with pip against constraints that keep torch and Slicer's packages).
+        Returns True when everything is there."""
+        plan = SpineSSLDependencies.plan()
+        if plan.ready:
+            return True
+        if plan.blockers:
+            slicer.util.errorDisplay("SpineSSL cannot run in this Slicer:\n" + plan.summary())
+            return False
+        if askConfirmation and not slicer.util.confirmOkCancelDisplay(
+                "SpineSSL needs these Python packages, which will be downloaded and installed now:\n\n"
+                + plan.summary(), windowTitle="SpineSSL: install Python packages"):
+            slicer.util.infoDisplay("Nothing was installed. SpineSSL needs these packages to run:\n" + plan.summary())
+            return False
+        if plan.torch:
             try:
                 import PyTorchUtils
             except ImportError:
-                slicer.util.errorDisplay("SpineSSL needs the PyTorch extension: install it with the Extensions Manager "
-                                         "and restart Slicer.")
+                slicer.util.errorDisplay("SpineSSL needs the PyTorch extension: install it with the Extensions "
+                                         "Manager and restart Slicer.")
                 return False
-            torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=askConfirmation,
-                                                                  torchVersionRequirement=">=2.1")
+            torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
+                askConfirmation=False, torchVersionRequirement=f">={plan.torch.req.minimum}")
             if torch is None:
                 slicer.util.infoDisplay("PyTorch was not installed; SpineSSL cannot run its models without it.")
                 return False
-        missing = [spec for module, spec in REQUIREMENTS.items() if importlib.util.find_spec(module) is None]
-        if missing:
-            if askConfirmation and not slicer.util.confirmOkCancelDisplay(
-                    "SpineSSL needs these Python packages, which will be downloaded and installed now:\n"
-                    + "\n".join(missing)):
-                slicer.util.infoDisplay("Nothing was installed. SpineSSL needs these packages to run.")
-                return False
+            plan = SpineSSLDependencies.plan()
+        if plan.pip:
             with slicer.util.WaitCursor():
-                slicer.util.pip_install(" ".join(missing))
-        return True
+                commands = SpineSSLDependencies.install_with_pip(plan, self.pipInstall)
+            logging.info("SpineSSL installed: %s", "; ".join("pip install " + " ".join(c) for c in commands))
+        return SpineSSLDependencies.plan().ready
+
+    @staticmethod
+    def pipInstall(args):
+        """``PythonSlicer -m pip install ARGS``, its output in the log; raises CalledProcessError
+        when pip fails.  (What ``slicer.util.pip_install`` runs in Slicer 5.10; 5.12 routes that
+        function through ``slicer.packaging``, so the module starts pip itself in both.)"""
+        proc = slicer.util.launchConsoleProcess([*SpineSSLJobs.python_command(), "-m", "pip", "install", *args],
+                                                useStartupEnvironment=False)
+        slicer.util.logProcessOutput(proc)
+
+    # model folders: remembered across sessions, checked, filled in after training
+
+    @staticmethod
+    def modelStatus(folder, task="grade"):
+        """(usable, text for the panel) for a model folder: a checkpoint folder or a training
+        output holding best/ or last/ (``spine-ssl grade-train`` for task "grade", ``spine-ssl
+        pretrain`` otherwise).  Reads only checkpoint.json (no torch needed)."""
+        import json
+
+        if not _isSet(folder):
+            return False, ("No grading model yet: choose a folder made by <code>spine-ssl grade-train</code>, or "
+                           "press <b>Train a grading model on my cohort</b>.")
+        for d in (Path(folder), Path(folder) / "best", Path(folder) / "last"):
+            meta = d / "checkpoint.json"
+            if meta.is_file():
+                try:
+                    kind = (json.loads(meta.read_text()).get("config") or {}).get("task")
+                except (OSError, ValueError):
+                    return False, f"{meta} cannot be read"
+                if task == "grade" and kind not in (None, "grade"):
+                    return False, f"{d} is not a grading model (task {kind})"
+                return True, f"Model: {d}"
+        return False, f"{folder} is not a model folder (no checkpoint.json in it or in best/, last/)"
+
+    @staticmethod
+    def rememberModelFolders(p):
+        if p is None:
+            return
+        settings = qt.QSettings()
+        for name, key in SETTINGS.items():
+            value = getattr(p, name)
+            if _isSet(value) and settings.value(key) != str(value):
+                settings.setValue(key, str(value))
+
+    @staticmethod
+    def restoreModelFolders(p):
+        """Empty model folders get the last ones used (when they still exist)."""
+        settings = qt.QSettings()
+        for name, key in SETTINGS.items():
+            saved = settings.value(key)
+            if not _isSet(getattr(p, name)) and saved and os.path.isdir(saved):
+                setattr(p, name, Path(saved))
+
+    @staticmethod
+    def useTrainedModel(p, args):
+        """After ``grade-train``/``pretrain`` finished: its output becomes the panel's model."""
+        if args[0] in ("grade-train", "pretrain") and "--out" in args:
+            setattr(p, "gradingModel" if args[0] == "grade-train" else "pretrainedModel",
+                    Path(args[args.index("--out") + 1]))
 
     # levels and extraction
 
@@ -432,16 +590,32 @@ class SpineSSLLogic(ScriptedLoadableModuleLogic):
         return self.detectLevels(volumeNode)
 
     def detectLevels(self, volumeNode):
-        """Automatic level detection with SpineSSLLib's bundled detector.  Levels detected with
-        confidence < 0.5 are not used (as `spine-ssl extract --levels detect`); they are named in
-        the levels' issues, which the panel's status line shows."""
+        """Automatic level detection with SpineSSLLib's bundled detector (once per volume
+        content).  Levels detected with confidence < 0.5 are not used (as `spine-ssl extract
+        --levels detect`); they are named in the levels' issues."""
         from SpineSSLLib import scene
         from SpineSSLLib.detect.infer import detect_levels
 
-        return detect_levels(scene.scan_from_volume_node(volumeNode), where=volumeNode.GetName(),
-                             min_confidence=0.5)
+        state = self._volumeState(volumeNode)
+        cached = self._detected.get(volumeNode.GetID())
+        if cached is None or cached[0] != state:
+            levels = detect_levels(scene.scan_from_volume_node(volumeNode), where=volumeNode.GetName(),
+                                   min_confidence=0.5)
+            self._detected[volumeNode.GetID()] = cached = (state, levels)
+        return cached[1]
+
+    @staticmethod
+    def _volumeState(volumeNode):
+        """Changes when the voxels or the geometry of the volume change."""
+        from SpineSSLLib import scene
+
+        image = volumeNode.GetImageData()
+        return (image.GetMTime() if image is not None else 0,
+                tuple(round(float(v), 6) for v in scene.volume_to_world_ras(volumeNode).ravel()))
 
     def extract(self, p, volumeNode=None, markupsNode=None, results=()):
+        import json
+
         from SpineSSLLib import scene
 
         volumeNode = volumeNode or p.inputVolume
@@ -449,11 +623,24 @@ class SpineSSLLogic(ScriptedLoadableModuleLogic):
         scan, used, volumes = scene.extract_in_scene(volumeNode, levels)
         outputs = scene.show_results(slicer.mrmlScene, volumeNode, scan, used, volumes, results)
         self._extracted[volumeNode.GetID()] = outputs
+        self._inputs[volumeNode.GetID()] = (self._volumeState(volumeNode), json.dumps(levels.to_dict(), sort_keys=True))
         return outputs
 
     def _outputs(self, p, volumeNode=None, markupsNode=None):
+        """The volume's extraction, computed again when the volume or its levels (points moved,
+        another level source or label map) changed since."""
+        import json
+
         volumeNode = volumeNode or p.inputVolume
-        return self._extracted.get(volumeNode.GetID()) or self.extract(p, volumeNode, markupsNode)
+        cached = self._extracted.get(volumeNode.GetID())
+        if cached is not None:
+            levels = self.levels(p, volumeNode, markupsNode)
+            key = (self._volumeState(volumeNode), json.dumps(levels.to_dict(), sort_keys=True))
+            if key == self._inputs.get(volumeNode.GetID()):
+                return cached
+            logging.info("SpineSSL: levels or volume of %s changed since the extraction; extracting again",
+                         volumeNode.GetName())
+        return self.extract(p, volumeNode, markupsNode)
 
     def showExtractedVolume(self, volumeNode, structure):
         """One extracted VB/IVD volume as a volume node placed by its own affine (it overlays the scan)."""
@@ -482,7 +669,7 @@ class SpineSSLLogic(ScriptedLoadableModuleLogic):
     def grade(self, p, volumeNode=None):
         from SpineSSLLib import scene
 
-        if str(p.gradingModel) in ("", "."):
+        if not _isSet(p.gradingModel):
             raise ValueError("Choose a grading model folder (made by `spine-ssl grade-train`).")
         volumeNode = volumeNode or p.inputVolume
         outputs = self._outputs(p, volumeNode)
@@ -500,7 +687,7 @@ class SpineSSLLogic(ScriptedLoadableModuleLogic):
     def compare(self, p):
         from SpineSSLLib import scene
 
-        if str(p.pretrainedModel) in ("", "."):
+        if not _isSet(p.pretrainedModel):
             raise ValueError("Choose a pretrained model folder (made by `spine-ssl pretrain`).")
         if p.levelSource != "Detect" and not p.compareMarkups:
             raise ValueError("Choose the level points (markups) of the second time point.")
@@ -531,9 +718,10 @@ class SpineSSLLogic(ScriptedLoadableModuleLogic):
 
     # sample data
 
-    def loadSyntheticSubject(self, seed=1):
-        """Generate (once) a one-subject synthetic cohort with two visits and load both visits with
-        their ground-truth levels.  Returns the volume nodes, baseline first."""
+    def syntheticSubjectFiles(self, seed=1):
+        """Generate (once) a one-subject synthetic cohort with two visits, as real DICOM, and
+        write each visit as ``visitN.nrrd`` with its ground-truth levels ``visitN-levels.mrk.json``
+        (read back through Slicer's own readers).  Returns {file name: path}."""
         import json
 
         from SpineSSLLib import io, scene
@@ -542,15 +730,36 @@ class SpineSSLLogic(ScriptedLoadableModuleLogic):
         from SpineSSLLib.synth.config import preset
 
         root = Path(slicer.app.temporaryPath) / "SpineSSL" / f"synthetic-subject-{seed}"
+        files = {name: root / "sample" / name for name in SAMPLE_FILES}
+        if all(f.is_file() for f in files.values()):
+            return files
         if not (root / "cohort.json").is_file():
             generate_cohort(root, preset("tiny", subjects=1, followup_fraction=1.0, seed=seed), overwrite=True)
-        truths = sorted((json.loads(t.read_text()), t) for t in (root / "truth").glob("*.json"))
+        docs = sorted(((json.loads(t.read_text()), t) for t in (root / "truth").glob("*.json")),
+                      key=lambda x: x[0]["visit"])
+        work = slicer.vtkMRMLScene()
+        for doc, truth in docs[:2]:
+            v = f"visit{doc['visit']}"
+            volume = scene.volume_node_from_scan(work, io.read_scan(root / doc["dicom_dir"]), v)
+            scene.save_volume(volume, files[f"{v}.nrrd"])
+            scene.save_markups(scene.markups_from_levels(work, from_truth_json(truth), v, locked=False),
+                               files[f"{v}-levels.mrk.json"])
+        work.Clear(1)
+        return files
+
+    def loadSyntheticSubject(self, seed=1):
+        """Load both visits of the synthetic subject with their ground-truth levels (each volume's
+        ``SpineSSL.TruthLevels`` attribute names its levels node).  Returns the volume nodes,
+        baseline first."""
+        from SpineSSLLib import scene
+
+        files = self.syntheticSubjectFiles(seed)
         volumes = []
-        for doc, truth in sorted(truths, key=lambda x: x[0]["visit"]):
-            name = f"SpineSSL subject visit {doc['visit']}"
-            volume = scene.volume_node_from_scan(slicer.mrmlScene, io.read_scan(root / doc["dicom_dir"]), name)
-            levels = scene.markups_from_levels(slicer.mrmlScene, from_truth_json(truth), name + " truth levels",
-                                               locked=False)
+        for visit in (0, 1):
+            name = SAMPLE_FILES[f"visit{visit}.nrrd"]
+            volume = scene.load_volume(slicer.mrmlScene, files[f"visit{visit}.nrrd"], name)
+            levels = scene.load_markups(slicer.mrmlScene, files[f"visit{visit}-levels.mrk.json"],
+                                        SAMPLE_FILES[f"visit{visit}-levels.mrk.json"])
             volume.SetAttribute("SpineSSL.TruthLevels", levels.GetID())
             volumes.append(volume)
         return volumes
@@ -558,15 +767,19 @@ class SpineSSLLogic(ScriptedLoadableModuleLogic):
     # cohort work in a subprocess
 
     def cohortCommands(self, p):
-        """The ``spine-ssl`` invocations for the chosen cohort task."""
+        """The ``spine-ssl`` invocations for the chosen cohort task.  The levels option belongs to
+        ``extract`` only; the extra arguments go to every command."""
         import shlex
 
         root, work = str(p.cohortFolder), str(p.workFolder)
-        if work in ("", "."):
+        if not _isSet(work):
             raise ValueError("Choose a work folder for the cohort outputs.")
-        extra = shlex.split(p.cohortArguments.replace("TRUTH_FOLDER", os.path.join(root, "truth")))
+        extra = shlex.split(p.cohortArguments)
         if p.cohortTask == "Index and extract":
-            return [["index", root, "--out", work], ["extract", work, *extra]]
+            levels = p.cohortLevels.strip().replace("TRUTH_FOLDER", os.path.join(root, "truth"))
+            if not levels:
+                raise ValueError("Say where the levels come from: a folder of level files, 'truth:FOLDER' or 'detect'.")
+            return [["index", root, "--out", work], ["extract", work, "--levels", levels, *extra]]
         if p.cohortTask == "Pretrain (self-supervised)":
             return [["pretrain", work, "--out", os.path.join(work, "pretrain"), *extra]]
         return [["grade-train", work, "--out", os.path.join(work, "grading"), *extra]]
@@ -574,23 +787,12 @@ class SpineSSLLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def startCli(args):
         """Start ``spine-ssl ARGS`` in Slicer's Python (PythonSlicer) with progress lines on stdout."""
-        import SpineSSLLib
-
-        python = shutil.which("PythonSlicer") or sys.executable
-        libDir = str(Path(SpineSSLLib.__file__).resolve().parent.parent)
-        env = {"SPINESSL_PROGRESS": "lines", "PYTHONUNBUFFERED": "1",
-               "PYTHONPATH": os.pathsep.join(p for p in (libDir, os.environ.get("PYTHONPATH", "")) if p)}
-        return slicer.util.launchConsoleProcess([python, "-m", "SpineSSLLib", *args], updateEnvironment=env)
+        return SpineSSLJobs.start(args, slicer.util.launchConsoleProcess)
 
     @staticmethod
     def stopCli(process, timeout=5.0):
-        import subprocess
-
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        """Stop a job started by ``startCli``, with every process it started."""
+        return SpineSSLJobs.stop(process, timeout)
 
 
 #
@@ -599,7 +801,8 @@ class SpineSSLLogic(ScriptedLoadableModuleLogic):
 
 
 class SpineSSLTest(ScriptedLoadableModuleTest):
-    """The whole workflow on the synthetic sample subject, inside Slicer."""
+    """The workflow on the synthetic sample subject, inside Slicer.  It installs nothing: on a
+    machine without torch (an extension build machine) the parts that need it are skipped."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -607,6 +810,8 @@ class SpineSSLTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_backend_importable()
+        self.setUp()
+        self.test_parameter_node_and_sample_data()
         self.setUp()
         self.test_sample_extract_and_outputs()
 
@@ -617,15 +822,31 @@ class SpineSSLTest(ScriptedLoadableModuleTest):
         logging.info("SpineSSLLib %s", version)
         self.delayDisplay("Test passed")
 
+    def test_parameter_node_and_sample_data(self):
+        import SampleData
+
+        self.delayDisplay("Parameter node and sample data")
+        p = SpineSSLLogic().getParameterNode()
+        self.assertIsNone(p.levelsLabels)
+        registerSampleData()
+        volume = SampleData.downloadSample(SAMPLE_NAME)
+        self.assertEqual(volume.GetName(), "SpineSSL subject visit 0")
+        self.assertEqual(slicer.util.arrayFromVolume(volume).ndim, 3)
+        self.delayDisplay("Test passed")
+
     def test_sample_extract_and_outputs(self):
         import numpy as np
 
         from SpineSSLLib import DISC_NAMES, scene
 
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            self.delayDisplay("torch is not installed: extraction test skipped (the module installs nothing in tests)")
+            return
         self.delayDisplay("Generating the synthetic subject")
         logic = SpineSSLLogic()
-        self.assertTrue(logic.ensureDependencies(askConfirmation=False))
-        baseline, followup = logic.loadSyntheticSubject()[:2]
+        baseline = logic.loadSyntheticSubject()[0]
         truthLevels = slicer.mrmlScene.GetNodeByID(baseline.GetAttribute("SpineSSL.TruthLevels"))
         p = logic.getParameterNode()
         p.inputVolume = baseline
@@ -645,7 +866,7 @@ class SpineSSLTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Saving and reloading")
         folder = Path(slicer.app.temporaryPath) / "SpineSSLTest"
         files = logic.saveOutputs(baseline, folder)
-        seg = slicer.util.loadSegmentation(str(files["segmentation"]))
+        seg = scene.load_segmentation(slicer.mrmlScene, files["segmentation"])
         self.assertEqual({s["name"] for s in scene.segment_info(seg)}, names)
         c0 = scene.segment_centroids(outputs.segmentation_node)
         c1 = scene.segment_centroids(seg)

@@ -52,9 +52,12 @@ LEVELS_SUFFIX, SEGMENTATION_SUFFIX, TABLE_SUFFIX, PLOT_SUFFIX = " levels", " str
 GRADE_TAG = "SpineSSL.Grade"  # segment tag holding the predicted grade ("" when not graded)
 KIND_TAG = "SpineSSL.Kind"  # "IVD" or "VB"
 
-# Slicer segmentation terminology (DICOM master list, SNOMED CT codes, DICOM CID 7603).  DICOM
-# has one code per lumbar/thoracic vertebra; S1 is coded as the sacrum (DICOM lists no S1 code)
-# and discs share the generic "Intervertebral disc" code (the segment name carries the level).
+# Slicer segmentation terminology: SNOMED CT codes, one per lumbar/thoracic vertebra; S1 is coded
+# as the sacrum (there is no S1 code) and discs share the generic "Intervertebral disc" code (the
+# segment name carries the level).  These types are not in Slicer's DICOM master list, so the
+# module ships them as its own terminology context (SpineSSL/Resources/
+# SegmentationCategoryTypeModifier-SpineSSL.term.json, loaded at start-up) and the tags name it.
+TERMINOLOGY_CONTEXT = "Segmentation category and type - SpineSSL"
 _ANATOMICAL_STRUCTURE = "SCT^123037004^Anatomical Structure"
 _VERTEBRA_CODES = {
     "T12": ("23215003", "T12 vertebra"), "L1": ("66794005", "L1 vertebra"), "L2": ("14293000", "L2 vertebra"),
@@ -72,7 +75,7 @@ def terminology_entry(name: str) -> str:
         code, meaning = _DISC_CODE
     else:
         raise LevelsError(f"no terminology for structure {name!r}")
-    return (f"Segmentation category and type - DICOM master list~{_ANATOMICAL_STRUCTURE}~SCT^{code}^{meaning}"
+    return (f"{TERMINOLOGY_CONTEXT}~{_ANATOMICAL_STRUCTURE}~SCT^{code}^{meaning}"
             f"~^^~Anatomic codes - DICOM master list~^^~^^")
 
 
@@ -136,6 +139,18 @@ def _ensure_selection_node(scene) -> None:
     if scene is not None and scene.GetFirstNodeByClass("vtkMRMLSelectionNode") is None:
         node = _slicer().vtkMRMLSelectionNode()
         node.SetSingletonTag("Singleton")
+        scene.AddNode(node)
+
+
+def _ensure_label_colors(scene) -> None:
+    """The default label-map colour table that every labelmap display node refers to.  Slicer's
+    application scene has it; a bare ``vtkMRMLScene`` (slicer-core, batch) gets the same node here,
+    so that temporary label maps do not log "the color table node ... can't be found"."""
+    if scene.GetNodeByID("vtkMRMLColorTableNodeLabels") is None:
+        node = _slicer().vtkMRMLColorTableNode()
+        node.SetTypeToLabels()
+        node.SetSingletonTag("Labels")  # node ID vtkMRMLColorTableNodeLabels, as Slicer's colour logic makes it
+        node.SetName("Labels")
         scene.AddNode(node)
 
 
@@ -252,6 +267,7 @@ def _write(storage, node, path, what: str) -> Path:
     """Write ``node`` with a Slicer storage node to a temporary file renamed onto ``path``."""
     path = Path(path)
     with atomic_path(path) as tmp:
+        tmp.unlink()  # the writer creates it (an existing file makes VTK log "removing old version")
         storage.SetFileName(str(tmp))
         if not storage.WriteData(node):
             raise InputError(f"could not write {what}", path)
@@ -407,6 +423,7 @@ def levels_from_segmentation_node(segmentation_node, volume_node) -> LevelSet:
     mapping = LabelMapping(levels, "segments", sacrum=found.get("sacrum"),
                            discs={v: k for k, v in found.items() if k in DISC_NAMES})
     scene = segmentation_node.GetScene()
+    _ensure_label_colors(scene)
     tmp = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__spinessl_levels__")
     try:
         if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(segmentation_node, ids, tmp,
@@ -796,6 +813,7 @@ def segment_mask(segmentation_node, segment_name: str, grid_affine, shape_kji) -
     if not seg_id:
         raise InputError(f"no segment named {segment_name!r}")
     ref = volume_node_from_scan(scene, Scan(np.zeros(shape_kji, np.float32), grid_affine), "__spinessl_ref__")
+    _ensure_label_colors(scene)
     label = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__spinessl_label__")
     try:
         ids = vtk.vtkStringArray()

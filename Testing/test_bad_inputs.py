@@ -146,7 +146,7 @@ def test_index_missing_pixel_data(tmp_path):
     bad = small_series(root / "bad", 2)
     ds = pydicom.dcmread(bad[-1])
     del ds.PixelData
-    ds.save_as(bad[-1], enforce_file_format=True)
+    ds.save_as(bad[-1])
     assert index(root, tmp_path / "C") == 1
     e = index_error(tmp_path / "C")
     assert e["error_type"] == "DicomError" and e["file"] == os.path.join("bad", bad[-1].name)
@@ -205,7 +205,7 @@ def test_index_duplicate_sop_instance_with_other_pixels(tmp_path):
     paths = small_series(root / "bad", 2)
     ds = pydicom.dcmread(paths[3])
     ds.PixelData = (ds.pixel_array + 1).astype(ds.pixel_array.dtype).tobytes()
-    ds.save_as(root / "bad" / "IM0004 (1).dcm", enforce_file_format=True)
+    ds.save_as(root / "bad" / "IM0004 (1).dcm")
     assert index(root, tmp_path / "C") == 1
     e = index_error(tmp_path / "C")
     assert e["error_type"] == "DicomError" and e["file"] == "bad"
@@ -326,7 +326,7 @@ def test_pixels_rescale_slope_and_intercept(tmp_path):
     for p in paths:
         ds = pydicom.dcmread(p)
         ds.RescaleSlope, ds.RescaleIntercept = "2.5", "-1024"
-        ds.save_as(p, enforce_file_format=True)
+        ds.save_as(p)
     np.testing.assert_allclose(read_scan(tmp_path / "s").array, stored * 2.5 - 1024, rtol=0, atol=1e-3)
 
 
@@ -394,7 +394,7 @@ def test_extract_undecodable_transfer_syntax(tmp_path, phantom):
         ds.file_meta.TransferSyntaxUID = JPEGLSLossless
         ds.PixelData = encapsulate([b"\xff\xd8\xff\xf7" + bytes(32) + b"\xff\xd9"])
         ds["PixelData"].VR = "OB"
-        ds.save_as(p, enforce_file_format=True)
+        ds.save_as(p)
     rc = cli(["-q", "extract", str(out), "--levels", f"levels:{lv}", "--device", "cpu"])
     assert rc == 1
     (e,) = extract_errors(out)

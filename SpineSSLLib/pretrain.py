@@ -106,6 +106,7 @@ def make_loss_fn(loss_cfg: LossConfig, alpha, aux_heads: dict):
                 loss = loss + loss_cfg.aux_weight * la_
         return loss, parts
 
+    loss_fn.class_weights = alpha  # what the level loss weighs by (recorded in the checkpoints)
     return loss_fn
 
 
@@ -152,7 +153,8 @@ def run_pretraining(cohort, out, cfg: PretrainConfig, *, splits_path=None, resum
     if not train_sampler.positives:
         raise ConfigError("no positive pairs in the training split: pretraining needs subjects with "
                           "at least two time points", Path(cohort) / "volumes.csv")
-    val_sampler = D.PairSampler(part["val"], cfg.pairs, seed=10_000 + train_cfg.seed, rank=info.rank,
+    val_sampler = D.PairSampler(part["val"], dataclasses.replace(cfg.pairs, self_pairs=0.0),  # real pairs only
+                                seed=10_000 + train_cfg.seed, rank=info.rank,
                                 world=info.world, shuffle=False)
     pin = device.type == "cuda"
     nw = train_cfg.num_workers
@@ -171,8 +173,11 @@ def run_pretraining(cohort, out, cfg: PretrainConfig, *, splits_path=None, resum
     augment = D.PairAugment(cfg.augment, net_hw) if cfg.augment.enabled else None
     ck_cfg = {"task": "pretrain", "model": model_cfg.to_dict(), "num_classes": len(LEVEL_NAMES),
               "class_names": list(LEVEL_NAMES), "in_hw": list(in_hw), "splits": "splits.json",
-              "loss": dataclasses.asdict(loss_cfg), "pairs": dataclasses.asdict(cfg.pairs)}
-    res = fit(model, make_loss_fn(loss_cfg, alpha, model_cfg.aux_heads), train_loader, val_loader, train_cfg, out,
+              "loss": dataclasses.asdict(loss_cfg), "pairs": dataclasses.asdict(cfg.pairs),
+              }
+    loss_fn = make_loss_fn(loss_cfg, alpha, model_cfg.aux_heads)
+    ck_cfg["level_class_weights"] = [round(float(w), 6) for w in loss_fn.class_weights]
+    res = fit(model, loss_fn, train_loader, val_loader, train_cfg, out,
               checkpoint_config=ck_cfg, resume=resume, augment=augment, device=device,
               chance={"level": math.log(len(LEVEL_NAMES))})
     summary = {"stop_reason": res.stop_reason, "epochs": res.last_epoch + 1, "best_epoch": res.best_epoch,

@@ -28,14 +28,20 @@ from .train import TrainConfig
 from .transforms import AugmentConfig
 
 RECIPES: dict[str, dict] = {
-    # The default: BatchNorm trunk with fan-in He init, AdamW with warm-up + cosine decay, gradient
-    # clipping, NT-Xent on an L2-normalised projection head; measured in docs/pretraining.md.
+    # The default (docs/pretraining.md, "Recipes"): BatchNorm trunk with fan-in He init, light
+    # dropout, AdamW with warm-up + cosine decay and gradient clipping, NT-Xent on an L2-normalised
+    # projection head with longitudinal positives plus SimCLR self-pairs from every scan, the level
+    # loss weighted 2, and augmentation at the scale of extraction jitter (the paper's +-48 px /
+    # +-15 deg destroy the alignment that extraction provides and that identity cues live in).
     "default": {
-        "model": {"preset": "small", "norm": "batch", "init": "fan_in"},
+        "model": {"preset": "small", "norm": "batch", "init": "fan_in", "dropout": 0.1},
         "train": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "schedule": "cosine",
-                  "warmup_epochs": 1.0, "grad_clip": 5.0, "batch_size": 32, "max_epochs": 40},
+                  "warmup_epochs": 1.0, "grad_clip": 5.0, "batch_size": 32, "max_epochs": 30},
         "loss": {"objective": "ntxent", "temperature": 0.1, "normalize": True, "projection": 128,
-                 "level_weight": 1.0},
+                 "level_weight": 2.0},
+        "pairs": {"self_pairs": 1.0},
+        "augment": {"rotate_deg": 5.0, "translate_x": 8.0, "translate_y": 8.0, "translate_z": 1.0,
+                    "scale": [0.95, 1.05], "intensity": 0.1},
     },
     # The paper's literal recipe (§2.2–2.4, §3.2): VGG-M with LRN, MatConvNet's fan-out init, SGD
     # momentum 0.9, weight decay 5e-4, lr 1e-5, batch 32, lr /10 on plateau, contrastive loss on
@@ -47,6 +53,9 @@ RECIPES: dict[str, dict] = {
                   "patience": 10, "max_lr_drops": 2},
         "loss": {"objective": "contrastive", "margin": 1.0, "normalize": False, "projection": 0,
                  "level_weight": 1.0},
+        "pairs": {"self_pairs": 0.0},
+        "augment": {"rotate_deg": 15.0, "translate_x": 48.0, "translate_y": 24.0, "translate_z": 2.0,
+                    "scale": [0.9, 1.1], "intensity": 0.2},
     },
 }
 

@@ -18,7 +18,8 @@ def test_backend_imports_without_slicer_vtk_qt_or_torch_side_effects():
         "        if name.split('.')[0] in ('slicer', 'vtk', 'qt', 'vtkmodules', 'ctk'):\n"
         "            raise ImportError('blocked ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import SpineSSLLib, SpineSSLLib.cli, SpineSSLLib.levels, SpineSSLLib.io\n"
+        "import SpineSSLLib, SpineSSLLib.cli, SpineSSLLib.levels, SpineSSLLib.io, SpineSSLLib.index\n"
+        "import SpineSSLLib.scene  # Qt-free: slicer/vtk only inside its functions\n"
         "assert 'torch' not in sys.modules, 'importing the package must stay light'\n"
         "print(SpineSSLLib.__version__)\n"
     )

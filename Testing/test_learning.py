@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from SpineSSLLib import LEVEL_NAMES, progress
+from SpineSSLLib import progress
 
 progress.set_enabled(False)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -155,7 +155,7 @@ def test_few_steps_reduce_the_loss_on_a_fixed_batch():
     y = torch.arange(14) % 7
     x[torch.arange(14), 0, :, 20 + 26 * y] += 1.0
     acts = {}
-    hooks = [getattr(net.trunk, n).register_forward_hook(lambda m, i, o, n=n: acts.__setitem__(n, float(o.std())))
+    hooks = [getattr(net.trunk, n).register_forward_hook(lambda m, i, o, n=n: acts.__setitem__(n, float(o.detach().std())))
              for n in ("conv1", "conv5")]
     opt = make_optimizer(net, TrainConfig())
     losses = []

@@ -31,8 +31,9 @@ RECIPES: dict[str, dict] = {
     # The default (docs/pretraining.md, "Recipes"): BatchNorm trunk with fan-in He init, light
     # dropout, AdamW with warm-up + cosine decay and gradient clipping, NT-Xent on an L2-normalised
     # projection head with longitudinal positives plus SimCLR self-pairs from every scan, the level
-    # loss weighted 2, and augmentation at the scale of extraction jitter (the paper's +-48 px /
-    # +-15 deg destroy the alignment that extraction provides and that identity cues live in).
+    # loss weighted 2, geometric augmentation at the scale of extraction jitter (the paper's +-48 px /
+    # +-15 deg destroy the alignment that extraction provides and that identity cues live in) and
+    # appearance augmentation (gamma, coil bias, noise) for scanners that look different.
     "default": {
         "model": {"preset": "small", "norm": "batch", "init": "fan_in", "dropout": 0.1},
         "train": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "schedule": "cosine",
@@ -41,7 +42,7 @@ RECIPES: dict[str, dict] = {
                  "level_weight": 2.0},
         "pairs": {"self_pairs": 1.0},
         "augment": {"rotate_deg": 5.0, "translate_x": 8.0, "translate_y": 8.0, "translate_z": 1.0,
-                    "scale": [0.95, 1.05], "intensity": 0.1},
+                    "scale": [0.95, 1.05], "intensity": 0.2, "gamma": 0.4, "bias": 0.4, "noise": 0.03},
     },
     # The paper's literal recipe (§2.2–2.4, §3.2): VGG-M with LRN, MatConvNet's fan-out init, SGD
     # momentum 0.9, weight decay 5e-4, lr 1e-5, batch 32, lr /10 on plateau, contrastive loss on

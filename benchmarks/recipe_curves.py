@@ -46,8 +46,11 @@ def main(argv=None) -> int:
                                        "train.num_workers": 0}, recipe=recipe)
         d = out / recipe
         t0 = time.perf_counter()
-        P.run_pretraining(args.cohort, d, cfg, progress=False, evaluate_val=False)
-        wall = time.perf_counter() - t0
+        if (d / "fit.json").is_file():  # a finished run of this recipe (e.g. from an earlier call) is reused
+            wall = sum(float(r["time_s"]) for r in csv.DictReader(open(d / "log.csv")))
+        else:
+            P.run_pretraining(args.cohort, d, cfg, progress=False, evaluate_val=False)
+            wall = time.perf_counter() - t0
         with open(d / "log.csv", newline="") as f:
             log = [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)]
         ev = P.evaluate_checkpoint(d, args.cohort, d / "eval_test", split="test", progress=False)

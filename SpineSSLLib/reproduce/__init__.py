@@ -58,9 +58,9 @@ PRESETS = {
     # the 90-minute budget on 2 CPU cores (docs/reproduce-small/)
     "small": ReproduceConfig(
         name="small", subjects=64, supervised_subjects=32,
-        pretrain={"model": {"preset": "small"}, "train": {"max_epochs": 30, "num_workers": 0}},
-        grade={"model": {"preset": "small"}, "train": {"max_epochs": 12, "batch_size": 32, "num_workers": 0}},
-        supervised_grade={"train": {"max_epochs": 20}},
+        pretrain={"model": {"preset": "small"}, "train": {"max_epochs": 24, "num_workers": 0}},
+        grade={"model": {"preset": "small"}, "train": {"max_epochs": 8, "batch_size": 32, "num_workers": 0}},
+        supervised_grade={"train": {"max_epochs": 16}},
     ),
     "paper": ReproduceConfig(
         name="paper", subjects=1016, supervised_subjects=500,

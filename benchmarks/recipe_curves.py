@@ -28,7 +28,23 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--alt", help="extracted cohort of a held-out generator")
     ap.add_argument("--recipes", default="default,paper")
+    ap.add_argument("--plot-only", action="store_true",
+                    help="only redraw OUT/pretraining_curves.png from the runs' log.csv as they are "
+                         "(also unfinished runs); figures of finished runs come from OUT/curves.json")
     args = ap.parse_args(argv)
+    out = Path(args.out)
+    if args.plot_only:
+        old = json.loads((out / "curves.json").read_text()) if (out / "curves.json").is_file() else {"runs": {}}
+        runs = {}
+        for recipe in args.recipes.split(","):
+            with open(out / recipe / "log.csv", newline="") as f:
+                log = [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)]
+            runs[recipe] = {**old["runs"].get(recipe, {}), "log": log,
+                            "finished": (out / recipe / "fit.json").is_file()}
+        res = {**old, "runs": runs}
+        (out / "curves.json").write_text(json.dumps(res, indent=1))
+        plot(res, out / "pretraining_curves.png")
+        return 0
 
     import torch
 
@@ -39,7 +55,6 @@ def main(argv=None) -> int:
     from SpineSSLLib import progress
 
     progress.set_enabled(False)
-    out = Path(args.out)
     res = {"machine": machine.describe(), "cohort": str(args.cohort), "epochs": args.epochs, "runs": {}}
     for recipe in args.recipes.split(","):
         cfg = P.load_config(overrides={"model.preset": "small", "train.max_epochs": args.epochs,
@@ -78,6 +93,8 @@ def plot(res: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=110)
     for recipe, r in res["runs"].items():
+        if not r.get("finished", True):
+            recipe = f"{recipe}, stopped after {len(r['log'])} epochs"
         ep = [x["epoch"] + 1 for x in r["log"]]
         axes[0].plot(ep, [x.get("train_level") for x in r["log"]], label=f"{recipe} (train)")
         if "val_level" in r["log"][0]:

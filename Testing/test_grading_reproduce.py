@@ -152,11 +152,10 @@ def test_pretraining_split_keeps_grading_test_out(tmp_path):
     assert sp.test == grading.make_grading_splits(grading.read_ivd_table(work), {}, seed=0).test
 
 
-def test_reproduce_on_a_foreign_cohort_with_markups_and_a_grades_csv(tmp_path):
-    """The experiment on a user's own archive: a synthetic cohort passed as if it were foreign —
-    DICOM only, levels as Slicer markups files, gradings as a CSV in `extract --grades` format, no
-    truth files.  Index, extract (grades from the CSV), pretraining, eval-pairs, probes and the
-    grading runs all go through, and the report is written."""
+def _foreign_cohort(tmp_path):
+    """A synthetic cohort passed as if it were foreign: DICOM only, levels as Slicer markups
+    files, gradings as a CSV in `extract --grades` format; returns (dicom folder, markups folder,
+    grades CSV, number of gradings)."""
     import shutil
 
     from SpineSSLLib import levels as L
@@ -178,6 +177,16 @@ def test_reproduce_on_a_foreign_cohort_with_markups_and_a_grades_csv(tmp_path):
         grades += [{"series_uid": uid, "disc": d["name"], "grade": d["grade"]} for d in doc["discs"]
                    if d.get("grade") is not None]
     write_csv(tmp_path / "grades.csv", grades, ["series_uid", "disc", "grade"])
+    return foreign, marks, tmp_path / "grades.csv", len(grades)
+
+
+def test_reproduce_on_a_foreign_cohort_with_markups_and_a_grades_csv(tmp_path):
+    """The experiment on a user's own archive: a synthetic cohort passed as if it were foreign —
+    DICOM only, levels as Slicer markups files, gradings as a CSV in `extract --grades` format, no
+    truth files.  Index, extract (grades from the CSV), pretraining, eval-pairs, probes and the
+    grading runs all go through, and the report is written."""
+    foreign, marks, grades_csv, n_grades = _foreign_cohort(tmp_path)
+    grades = range(n_grades)
 
     cfg = reproduce.preset("small", modes=("frozen-random", "ssl-frozen"), seeds=(0,), compare_objective=False,
                            pretrain={"model": {"preset": "small", **TINY}, "train": {"max_epochs": 1, "num_workers": 0,
@@ -185,7 +194,7 @@ def test_reproduce_on_a_foreign_cohort_with_markups_and_a_grades_csv(tmp_path):
                            grade={"model": {"preset": "small", **TINY},
                                   "train": {"max_epochs": 1, "batch_size": 16, "device": "cpu", "num_workers": 0}})
     rep = reproduce.Reproduction(tmp_path / "exp", cfg, cohort=foreign, levels=f"markups:{marks}",
-                                 grades=str(tmp_path / "grades.csv"), log=lambda *a: None)
+                                 grades=str(grades_csv), log=lambda *a: None)
     rep.run(command="spine-ssl reproduce --cohort archive --levels markups:M --grades grades.csv")
     with open(tmp_path / "exp" / "work" / "volumes.csv") as f:
         vols = list(csv.DictReader(f))
@@ -202,3 +211,56 @@ def test_reproduce_on_a_foreign_cohort_with_markups_and_a_grades_csv(tmp_path):
     with pytest.raises(ConfigError, match="--grades"):
         reproduce.Reproduction(tmp_path / "exp2", cfg, cohort=foreign, levels=f"markups:{marks}",
                                log=lambda *a: None).run()
+
+
+def test_aux_heads_row_pretrains_with_sex_and_age_heads_and_grades_its_frozen_trunk(tmp_path):
+    """Issue #18: `reproduce --aux-heads sex:2,age_bin:5` pretrains a third network with the
+    metadata heads (labels derived by `index` from the DICOM headers) and adds the learning-curve
+    row ssl-aux-frozen, graded on that network's frozen trunk, with a paired test against SSL frozen."""
+    from SpineSSLLib import checkpoint as ckpt
+    from SpineSSLLib.cli import main as cli
+
+    foreign, marks, grades_csv, _ = _foreign_cohort(tmp_path)
+    small = {"model": {"preset": "small", **TINY}, "train": {"max_epochs": 1, "num_workers": 0, "batch_size": 16,
+                                                             "device": "cpu"}}
+    cfg = reproduce.preset("small", modes=("ssl-frozen",), seeds=(0, 1), compare_objective=False,
+                           aux_heads={"sex": 2, "age_bin": 5}, pretrain=small,
+                           grade={"model": {"preset": "small", **TINY},
+                                  "train": {"max_epochs": 1, "batch_size": 16, "device": "cpu", "num_workers": 0}})
+    assert reproduce.modes_for(cfg) == ("ssl-frozen", "ssl-aux-frozen")
+    out = tmp_path / "exp"
+    rep = reproduce.Reproduction(out, cfg, cohort=foreign, levels=f"markups:{marks}", grades=str(grades_csv),
+                                 log=lambda *a: None)
+    rep.run()
+    with open(out / "work" / "volumes.csv") as f:
+        vb = [r for r in csv.DictReader(f) if r["kind"] == "VB"]
+    assert {r["sex"] for r in vb} <= {"0", "1"} and all(r["age_bin"] != "" for r in vb)
+    aux_conf = json.loads((out / "pretrain_aux" / "pretrain_config.json").read_text())
+    assert aux_conf["model"]["aux_heads"] == {"sex": 2, "age_bin": 5}
+    assert not json.loads((out / "pretrain" / "pretrain_config.json").read_text())["model"]["aux_heads"]
+    with open(out / "pretrain_aux" / "log.csv") as f:
+        cols = next(csv.reader(f))
+    assert "train_aux_sex" in cols and "train_aux_age_bin" in cols
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["mode"], r["seed"]) for r in rows if r["size_subjects"] == rows[0]["size_subjects"]) == [
+        ("ssl-aux-frozen", "0"), ("ssl-aux-frozen", "1"), ("ssl-frozen", "0"), ("ssl-frozen", "1")]
+    # the aux row's frozen trunk is the aux network's: same conv weights as pretrain_aux/best
+    import torch
+
+    run = next(out.glob("runs/*-ssl-aux-frozen-s0"))
+    w_run = ckpt.load_weights(run / "best")[0]
+    w_aux = ckpt.load_weights(out / "pretrain_aux" / "best")[0]
+    w_plain = ckpt.load_weights(out / "pretrain" / "best")[0]
+    conv = next(k for k in w_run if k.endswith("weight") and w_run[k].ndim == 5)
+    key = next(k for k in w_aux if k.endswith(conv.split(".", 1)[-1]) and w_aux[k].shape == w_run[conv].shape)
+    assert torch.equal(w_run[conv], w_aux[key]) and not torch.equal(w_run[conv], w_plain[key])
+    # (this 8-subject cohort leaves no grading test discs; the paired test itself on made-up figures)
+    made_up = [{"size_subjects": 3, "mode": m, "seed": s, "average_class_accuracy": a + 0.01 * s}
+               for s in range(3) for m, a in (("ssl-frozen", 0.5), ("ssl-aux-frozen", 0.55))]
+    t = [t for t in reproduce.paired_tests(made_up) if (t["a"], t["b"]) == ("ssl-aux-frozen", "ssl-frozen")]
+    assert len(t) == 1 and t[0]["diff_mean"] == pytest.approx(0.05) and t[0]["seeds"] == 3
+    report = (out / "report.md").read_text()
+    assert "SSL + sex/age heads (frozen)" in report and "sex head" in report
+    # --modes ssl-aux-frozen without --aux-heads is refused with one line
+    assert cli(["reproduce", "--out", str(tmp_path / "x"), "--modes", "ssl-aux-frozen"]) == 2

@@ -36,6 +36,8 @@ def add_arguments(parser):
     parser.add_argument("--subjects", type=int, help="synthetic cohort size (overrides the preset)")
     parser.add_argument("--seeds", type=int, help="number of seeds per size and mode (>= 3 for CIs)")
     parser.add_argument("--modes", help="comma-separated subset of the transfer modes")
+    parser.add_argument("--aux-heads", help="also pretrain with metadata heads from volumes.csv (e.g. sex:2,age_bin:5, "
+                        "written by `index`) and add the learning-curve row ssl-aux-frozen (issue #18)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--pretrain-epochs", type=int, help="maximum pretraining epochs (overrides the preset)")
     parser.add_argument("--grade-epochs", type=int, help="maximum epochs per grading run (overrides the preset)")
@@ -58,9 +60,10 @@ def run(args) -> int:
         over["seeds"] = tuple(range(args.seeds))
     if args.modes:
         modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
-        bad = [m for m in modes if m not in MODES]
+        bad = [m for m in modes if m not in MODES + (reproduce.AUX_MODE,)]
         if bad:
-            raise ConfigError(f"unknown mode(s) {', '.join(bad)} (choose from {', '.join(MODES)})")
+            raise ConfigError(f"unknown mode(s) {', '.join(bad)} "
+                              f"(choose from {', '.join(MODES + (reproduce.AUX_MODE,))})")
         over["modes"] = modes
     if args.threads:
         import torch
@@ -77,6 +80,12 @@ def run(args) -> int:
         cfg.grade = merge(cfg.grade, {"train": {"max_epochs": args.grade_epochs}})
     if args.no_compare_objective:
         cfg.compare_objective = False
+    if args.aux_heads:
+        from .pretrain import parse_heads
+
+        cfg.aux_heads = parse_heads(args.aux_heads)
+    if reproduce.AUX_MODE in cfg.modes and not cfg.aux_heads:
+        raise ConfigError(f"mode {reproduce.AUX_MODE} needs --aux-heads (e.g. sex:2,age_bin:5)")
     rep = reproduce.Reproduction(args.out, cfg, cohort=args.cohort, supervised_cohort=args.supervised_cohort,
                                  levels=args.levels, supervised_levels=args.supervised_levels, grades=args.grades,
                                  supervised_grades=args.supervised_grades)

@@ -49,6 +49,11 @@ class ReproduceConfig:
     epochs, batch, schedule) and report both (pair AUC, level accuracy, probes); grading uses the
     configured one."""
 
+    aux_heads: dict = field(default_factory=dict)
+    """Metadata heads (volumes.csv column -> classes, e.g. ``{"sex": 2, "age_bin": 5}``, issue #18):
+    when set, a third pretraining with these heads beside the level head (otherwise the configured
+    recipe, equal compute) and the learning-curve row ``ssl-aux-frozen`` (its frozen trunk)."""
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -69,6 +74,15 @@ PRESETS = {
         eval_tta=True,
     ),
 }
+
+
+AUX_MODE = "ssl-aux-frozen"
+"""The learning-curve row of the trunk pretrained with metadata heads (graded as ``ssl-frozen``)."""
+
+
+def modes_for(cfg: ReproduceConfig) -> tuple:
+    """The configured modes, plus ``ssl-aux-frozen`` when aux heads are set and it is not listed."""
+    return tuple(cfg.modes) + ((AUX_MODE,) if cfg.aux_heads and AUX_MODE not in cfg.modes else ())
 
 
 def preset(name: str, **overrides) -> ReproduceConfig:

@@ -17,7 +17,8 @@ from ..atomic import write_json, write_text
 
 
 MODE_LABELS = {"supervised": "supervised transfer", "ssl-frozen": "SSL (frozen)", "ssl-finetune": "SSL (fine-tuned)",
-               "scratch": "from scratch", "frozen-random": "frozen random"}
+               "scratch": "from scratch", "frozen-random": "frozen random",
+               "ssl-aux-frozen": "SSL + sex/age heads (frozen)"}
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -57,7 +58,7 @@ def ordering_check(summary: list[dict]) -> tuple[bool | None, str]:
 
 
 PAIRS = (("ssl-frozen", "frozen-random"), ("ssl-frozen", "scratch"), ("ssl-finetune", "scratch"),
-         ("supervised", "scratch"))
+         ("supervised", "scratch"), ("ssl-aux-frozen", "ssl-frozen"))
 
 
 def paired_tests(rows: list[dict]) -> list[dict]:
@@ -98,7 +99,7 @@ def plot_fig8(path: Path, summary: list[dict], title: str) -> None:
     from ..atomic import atomic_path
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
-    for mode in ("supervised", "ssl-frozen", "ssl-finetune", "scratch", "frozen-random"):
+    for mode in ("supervised", "ssl-frozen", "ssl-finetune", "ssl-aux-frozen", "scratch", "frozen-random"):
         pts = sorted((s["train_scans"], s["aca_mean"], s["aca_ci95"]) for s in summary if s["mode"] == mode)
         if not pts:
             continue
@@ -122,6 +123,7 @@ def _fmt(x, nd=3):
 
 def write_report(rep: Reproduction) -> Path:
     from ..metrics import mean_ci95  # noqa: F401  (keeps the import error early if scipy is missing)
+    from . import modes_for
 
     out = rep.out
     rows = []
@@ -140,7 +142,7 @@ def write_report(rep: Reproduction) -> Path:
     total = sum(v["wall_s"] for v in st.get("stages", {}).values()) + sum(s["wall_s"] for s in summary)
     L += [f"Cohort: `{rep.raw_cohort.name}`; grading subjects train / val / test = "
           f"{len(splits.get('train', []))} / {len(splits.get('val', []))} / {len(splits.get('test', []))}; "
-          f"modes {', '.join(rep.cfg.modes)}; seeds {', '.join(map(str, rep.cfg.seeds))}.", ""]
+          f"modes {', '.join(modes_for(rep.cfg))}; seeds {', '.join(map(str, rep.cfg.seeds))}.", ""]
     L += [f"Configuration: pretraining `{json.dumps(rep.cfg.pretrain, sort_keys=True)}`; grading "
           f"`{json.dumps(rep.cfg.grade, sort_keys=True)}`; supervised source `{json.dumps(rep.cfg.supervised_grade)}`; "
           f"machine: {_machine()}.", ""]
@@ -180,7 +182,7 @@ def write_report(rep: Reproduction) -> Path:
         L.append(f"| {name} | {v['wall_s']} |")
     L.append(f"| grading runs ({len(rows)}) | {round(sum(s['wall_s'] for s in summary), 1)} |")
     L += [f"| **total** | **{round(total, 1)}** |", ""]
-    n_planned = len(rep.cfg.modes) * len(rep.cfg.seeds) * len(rep.cfg.paper_sizes)
+    n_planned = len(modes_for(rep.cfg)) * len(rep.cfg.seeds) * len(rep.cfg.paper_sizes)
     if len(rows) < n_planned:
         L += [f"**Incomplete:** {len(rows)} of {n_planned} planned runs have finished; run the same command "
               "again to continue.", ""]
@@ -222,6 +224,9 @@ def _pretrain_section(rep: Reproduction) -> list[str]:
         fit = json.loads((d / "fit.json").read_text()) if (d / "fit.json").is_file() else {}
         conf = json.loads((d / "pretrain_config.json").read_text()) if (d / "pretrain_config.json").is_file() else {}
         obj = (conf.get("loss") or {}).get("objective", "?")
+        aux = (conf.get("model") or {}).get("aux_heads") or {}
+        if aux:
+            obj += " + " + ", ".join(f"{k} head" for k in aux)
         log = list(csv.DictReader(open(d / "log.csv"))) if (d / "log.csv").is_file() else []
         first = float(log[0]["train_level"]) if log and log[0].get("train_level") else None
         last = float(log[-1]["train_level"]) if log and log[-1].get("train_level") else None

@@ -11,7 +11,7 @@ from typing import Sequence
 
 from ..atomic import write_csv, write_json
 from ..errors import ConfigError, SpineSSLError
-from . import ReproduceConfig, RunSpec, plan
+from . import AUX_MODE, ReproduceConfig, RunSpec, modes_for, plan
 from .baselines import run_baselines
 from .report import write_report
 
@@ -88,6 +88,10 @@ class Reproduction:
         return self.out / "pretrain"
 
     @property
+    def aux_pretrain_dir(self) -> Path:
+        return self.out / "pretrain_aux"
+
+    @property
     def supervised_dir(self) -> Path:
         return self.out / "supervised_model"
 
@@ -159,6 +163,18 @@ class Reproduction:
 
             self._stage(f"pretrain-{other}", ckpt.exists(d / "best") and (d / "fit.json").is_file(), go_other)
             self._evaluate_pretraining(d, f"-{other}")
+        if self.cfg.aux_heads:  # metadata heads (sex, age) as extra free labels, same recipe otherwise
+            d = self.aux_pretrain_dir
+            acfg = P.load_config(overrides={**_flatten(self._pretrain_dict()),
+                                            "model.aux_heads": dict(self.cfg.aux_heads)},
+                                 recipe=self.cfg.pretrain.get("recipe"))
+
+            def go_aux():
+                P.run_pretraining(self.work, d, acfg, splits_path=splits_file, resume=ckpt.exists(d / "last"),
+                                  progress=False)
+
+            self._stage("pretrain-aux", ckpt.exists(d / "best") and (d / "fit.json").is_file(), go_aux)
+            self._evaluate_pretraining(d, "-aux")
 
     def _evaluate_pretraining(self, d: Path, suffix: str):
         """The paper's §4.1 figures on the pretraining test split (same/different AUC beside the
@@ -247,7 +263,7 @@ class Reproduction:
         records = grading.read_ivd_table(self.work)
         pf = self.pretrain_splits_file()
         pre = grading.read_pretrain_splits(pf) if pf else {}
-        if pf is None and any(m.startswith("ssl") for m in self.cfg.modes):
+        if pf is None and any(m.startswith("ssl") for m in modes_for(self.cfg)):
             raise SpineSSLError("no pretraining splits file found: cannot keep test subjects out of pretraining",
                                 self.pretrain_dir)
         splits = grading.make_grading_splits(records, pre, seed=self.cfg.split_seed)
@@ -267,7 +283,7 @@ class Reproduction:
 
         sizes = self.sizes(splits)
         subsets = grading.nested_train_subsets(splits, sizes)
-        specs = plan(sizes, self.cfg.modes, self.cfg.seeds)
+        specs = plan(sizes, modes_for(self.cfg), self.cfg.seeds)
         class_names = grading.class_names_from(grading.read_ivd_table(self.work))
         cache = {} if data_cache is None else data_cache
         todo = [s for i, s in enumerate(specs) if i % shard[1] == shard[0]
@@ -280,7 +296,8 @@ class Reproduction:
             for spec in todo:
                 rdir = self.out / "runs" / spec.key
                 pre = {"ssl-frozen": self.pretrain_dir, "ssl-finetune": self.pretrain_dir,
-                       "supervised": self.supervised_dir}.get(spec.mode)
+                       "supervised": self.supervised_dir, AUX_MODE: self.aux_pretrain_dir}.get(spec.mode)
+                transfer = "ssl-frozen" if spec.mode == AUX_MODE else spec.mode
                 if (rdir / "test_metrics.json").is_file():
                     bar.update(1)  # another process finished it meanwhile
                     continue
@@ -292,7 +309,7 @@ class Reproduction:
                     self.log(f"[reproduce] {spec.key}: another process is on it - skipped")
                     continue
                 try:
-                    gcfg = self.grade_config({"transfer": {"mode": spec.mode, "pretrained": str(pre) if pre else None},
+                    gcfg = self.grade_config({"transfer": {"mode": transfer, "pretrained": str(pre) if pre else None},
                                               "train": {"seed": spec.seed}})
                     t0 = time.time()
                     res = grading.train_grading(self.work, rdir, gcfg, splits=splits,
@@ -336,7 +353,7 @@ class Reproduction:
         if command:
             self.state["command"] = command
         self.prepare_cohorts()
-        if any(m.startswith("ssl") for m in self.cfg.modes):
+        if any(m.startswith("ssl") for m in modes_for(self.cfg)):
             self.pretrain()
         if "supervised" in self.cfg.modes:
             self.train_supervised()

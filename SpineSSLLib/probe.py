@@ -38,7 +38,9 @@ class ProbeConfig:
 
 
 def trunk_features(net, volumes, batch_size: int = 64, device=None) -> np.ndarray:
-    """Flattened pool5 features of ``volumes`` (N, 9, H, W) (full size or the network's size)."""
+    """Flattened pool5 features of ``volumes`` (N, 9, H, W): VB volumes at full size (reduced to the
+    network's input as in training) or any volume already at the network's scale (e.g. disc volumes
+    downscaled by ``input_scale``, as grading feeds them)."""
     import torch
 
     device = device or next(net.parameters()).device
@@ -48,7 +50,9 @@ def trunk_features(net, volumes, batch_size: int = 64, device=None) -> np.ndarra
     with torch.inference_mode():
         for i in range(0, len(volumes), batch_size):
             x = torch.as_tensor(np.asarray(volumes[i:i + batch_size], dtype=np.float32), device=device).unsqueeze(1)
-            out.append(net.trunk(net.prepare_input(x)).flatten(1).float().cpu().numpy())
+            if tuple(x.shape[-2:]) == tuple(net.in_hw):
+                x = net.prepare_input(x)
+            out.append(net.trunk(x).flatten(1).float().cpu().numpy())
     net.train(was)
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 

@@ -89,8 +89,8 @@ def test_grid_rejects_axial_stack(cases):
 
 def test_targets_regions_and_centre(cases):
     from SpineSSLLib.detect.grid import make_grid
-    from SpineSSLLib.detect.targets import (BACKGROUND, CENTRE, CHANNELS, FIRST_LEVEL, N_CLASSES,
-                                            level_geometry, slice_targets)
+    from SpineSSLLib.detect.targets import (ABOVE, BACKGROUND, CENTRE, FIRST_LEVEL, KNOWN, N_CLASSES, N_TARGETS,
+                                            SACRUM, level_geometry, slice_targets)
 
     case = cases[0]
     g = make_grid(case.scan, 2.0, 16)
@@ -98,8 +98,10 @@ def test_targets_regions_and_centre(cases):
     assert len(geom) == 7
     for lg in geom:
         t = slice_targets(geom, lg.mid_slice, g.shape, 2.0, 5.0, slice_mm=g.slice_mm)
-        assert t.shape == (len(CHANNELS),) + g.shape
-        assert np.allclose(t[:N_CLASSES].sum(axis=0), 1.0)  # one class per pixel
+        assert t.shape == (N_TARGETS,) + g.shape
+        n = t[:N_CLASSES].sum(axis=0)
+        known = t[KNOWN] > 0
+        assert np.allclose(n[known], 1.0) and (n[~known] >= 2).all()  # one class, or an allowed set
         r, c = int(round(lg.row)), int(round(lg.col))
         assert t[FIRST_LEVEL + lg.index, r, c] == 1.0
         region = t[FIRST_LEVEL + lg.index] > 0
@@ -109,6 +111,11 @@ def test_targets_regions_and_centre(cases):
         assert region.sum() == pytest.approx(area, rel=0.15)
         assert t[BACKGROUND, 0, 0] == 1.0
         assert t[CENTRE, r, c] > 0.8  # the centre map peaks at the centroid on the mid slice
+        assert t[KNOWN, r, c] == 1.0 and t[KNOWN].mean() < 1.0  # above T12 / below S1: a set
+        s1 = geom[-1]
+        below = (slice(int(s1.corners[:, 0].max()) + 4, None), int(round(s1.col)))  # under S1: the sacrum
+        assert (t[BACKGROUND][below] == 1).all() and (t[SACRUM][below] == 1).all()
+        assert (t[FIRST_LEVEL + 6][below] == 0).all() and (t[ABOVE][below] == 0).all()
         # the centre map falls off away from the body's mid-sagittal plane; the region stays
         far = lg.mid_slice + 3 if lg.mid_slice + 3 < g.n_slices else lg.mid_slice - 3
         t2 = slice_targets(geom, far, g.shape, 2.0, 5.0, slice_mm=g.slice_mm)
@@ -330,7 +337,7 @@ def test_detect_train_evaluate_only_scores_the_bundled_model_on_held_out_subject
     ev = json.loads((out / "evaluation.json").read_text())
     split = json.loads((out / "split.json").read_text())
     assert ev["split"] == {"train": 1, "val": 0, "test": 1} and len(split["test"]) == 1
-    assert ev["n_scans"] == 1 and ev["model"] == "spinessl-detector-synthetic-v1"
+    assert ev["n_scans"] == 1 and ev["model"] == "spinessl-detector-randomised-v2"
     assert ev["labelling_accuracy"] == 1.0 and ev["centroid_mm"]["mean"] < 3.0
     assert not (out / "best").exists() and not (out / "log.csv").exists()
     rc = main(["-q", "detect-train", str(cohort), "--out", str(tmp_path / "x"), "--model", str(tmp_path)])

@@ -21,14 +21,15 @@ class DetectorConfig:
 
     spacing_mm: float = 2.0  # canonical in-plane pixel size
     context: int = 1  # 2.5D: slices k-context .. k+context are the input channels
-    channels: tuple[int, ...] = (12, 24, 48, 96, 192)
-    strides: tuple[int, ...] = (2, 2, 2, 2)
+    channels: tuple[int, ...] = (12, 24, 48, 96, 192, 256)
+    strides: tuple[int, ...] = (2, 2, 2, 2, 2)  # 5 down-samplings: a receptive field of ~0.5 m
     num_res_units: int = 1
     norm: str = "instance"
     sigma_centre_mm: float = 6.0  # centre map: in-plane width
     sigma_lateral_mm: float = 8.0  # centre map: fall-off across slices
     region_radius_mm: float = 10.0  # level region when a source has no corners
     min_region_mm2: float = 60.0  # smaller predicted regions are not vertebra candidates
+    centroid: str = "region"  # in-plane centroid: "region" (mean of the body region) | "centre" (centre-map peak)
     assign: AssignConfig = field(default_factory=AssignConfig)
 
     def __post_init__(self):
@@ -40,6 +41,8 @@ class DetectorConfig:
             raise ConfigError("detector config: len(strides) must be len(channels) - 1")
         if self.spacing_mm <= 0 or self.context < 0:
             raise ConfigError("detector config: spacing_mm must be > 0 and context >= 0")
+        if self.centroid not in ("region", "centre"):
+            raise ConfigError(f"detector config: centroid must be 'region' or 'centre', got {self.centroid!r}")
 
     @property
     def in_channels(self) -> int:
@@ -91,6 +94,7 @@ class Detector:
     network: object  # torch.nn.Module, in eval mode
     meta: dict
     path: Path
+    calibration: object = None  # calibrate.Calibration from the model folder's calibration.json
 
 
 def resolve_model_path(path) -> Path:
@@ -127,4 +131,7 @@ def load_detector(path=None, device: str = "cpu") -> Detector:
     net = build_network(cfg)
     ckpt.load_checkpoint(p, net, device="cpu")
     net.to(device).eval()
-    return Detector(cfg, net, meta, p)
+    from .calibrate import CALIBRATION_FILE, load_calibration
+
+    cal = load_calibration(p / CALIBRATION_FILE) if (p / CALIBRATION_FILE).is_file() else None
+    return Detector(cfg, net, meta, p, cal)

@@ -305,6 +305,27 @@ def check_model_config(directory, model_config: dict) -> None:
                               "this run); resume with the options it was trained with", d / META)
 
 
+def resolve(path, what: str = "SpineSSL") -> Path:
+    """The checkpoint folder ``path`` names: the folder itself, or a training output folder's
+    ``best/`` (preferred) or ``last/``.  ``what`` names the kind of model in the error."""
+    p = Path(path)
+    if exists(p):
+        return p
+    for sub in ("best", "last"):
+        if exists(p / sub):
+            return p / sub
+    raise CheckpointError(f"not a {what} checkpoint folder (no {META} here or in best/, last/)", p)
+
+
+def model_config(directory) -> dict:
+    """The model configuration (a ``ModelConfig`` dict) a checkpoint was made with."""
+    d = resolve(directory)
+    cfg = (read_meta(d).get("config") or {}).get("model")
+    if not isinstance(cfg, dict):
+        raise CheckpointError("checkpoint has no model config", d)
+    return cfg
+
+
 def exists(directory) -> bool:
     return (_resolve(directory) / META).is_file()
 

@@ -18,10 +18,9 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import zipfile
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -30,6 +29,7 @@ import numpy as np
 from . import LEVEL_NAMES
 from .atomic import atomic_path, write_json
 from .errors import ConfigError, ManifestError
+from .transforms import AugmentConfig, VolumeAugment  # noqa: F401 - AugmentConfig re-exported
 
 VB_SHAPE = (9, 224, 224)
 SPLITS_SCHEMA = "spinessl.splits/1"
@@ -200,10 +200,14 @@ class PairConfig:
     interval_bin_days: float = 365.25
     """follow-up intervals are matched within bins of this width (uniform sampling inside a bin
     keeps the negatives' interval distribution equal to the positives')"""
+    self_pairs: float = 0.0
+    """extra positives per longitudinal positive made of one volume with itself (the two views
+    differ by augmentation: SimCLR's instance positives), drawn from every VB of the split — also
+    from subjects scanned once, so they join the level loss and the batch's negatives"""
 
     def __post_init__(self):
-        if self.neg_per_pos < 0:
-            raise ConfigError("neg_per_pos must be >= 0")
+        if self.neg_per_pos < 0 or self.self_pairs < 0:
+            raise ConfigError("neg_per_pos and self_pairs must be >= 0")
         if self.interval_bin_days <= 0:
             raise ConfigError("interval_bin_days must be positive")
 
@@ -305,6 +309,9 @@ class PairSampler:
                     pair = (a, x, 0) if x is not None else None
                 if pair is not None:
                     pairs.append(pair)
+        n_self = int(round(self.config.self_pairs * len(pos)))
+        if n_self and self.rows:
+            pairs.extend((int(i), int(i), 1) for i in rng.integers(len(self.rows), size=n_self))
         if self.shuffle:
             pairs = [pairs[i] for i in rng.permutation(len(pairs))]
         return pairs
@@ -401,10 +408,13 @@ class VolumeCache:
 
 class PairDataset:
     """``dataset[(i, j, y)]`` -> dict ``a``, ``b`` (1, 9, h, w) float32, ``y`` float, ``level``
-    (class index), ``aux_<name>_a/_b`` when the rows carry metadata labels."""
+    (class index), ``subject_a/_b`` (subject indices within the split, for NT-Xent's masking),
+    ``aux_<name>_a/_b`` when the rows carry metadata labels."""
 
     def __init__(self, rows: Sequence[VolumeRow], cache: VolumeCache):
         self.rows, self.cache = list(rows), cache
+        subjects = sorted({r.subject_key for r in self.rows})
+        self._subject = {s: n for n, s in enumerate(subjects)}
 
     def __getitem__(self, key):
         import torch
@@ -413,7 +423,9 @@ class PairDataset:
         ra, rb = self.rows[i], self.rows[j]
         out = {"a": torch.from_numpy(self.cache.volume(ra))[None],
                "b": torch.from_numpy(self.cache.volume(rb))[None],
-               "y": torch.tensor(float(y)), "level": torch.tensor(ra.level_index)}
+               "y": torch.tensor(float(y)), "level": torch.tensor(ra.level_index),
+               "subject_a": torch.tensor(self._subject[ra.subject_key]),
+               "subject_b": torch.tensor(self._subject[rb.subject_key])}
         for (name, ca), (_, cb) in zip(ra.aux, rb.aux):
             out[f"aux_{name}_a"] = torch.tensor(ca)
             out[f"aux_{name}_b"] = torch.tensor(cb)
@@ -437,80 +449,20 @@ class VolumeDataset:
 
 # --------------------------------------------------------------------------- augmentation
 
-@dataclass
-class AugmentConfig:
-    """The paper's Siamese augmentations (§3.2); translations in pixels/slices of the full-size
-    224x224x9 volume (scaled to the cached size)."""
-
-    rotate_deg: float = 15.0
-    translate_x: float = 48.0       # columns (anterior-posterior)
-    translate_y: float = 24.0       # rows (superior-inferior)
-    translate_z: float = 2.0        # slices
-    scale: tuple = (0.9, 1.1)
-    intensity: float = 0.2          # multiplicative: v * (1 + U(-0.2, 0.2))
-    flip: bool = True               # slice-order reflection, the same for both volumes of a pair
-    enabled: bool = True
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 class PairAugment:
-    """Random augmentation of a batch of pairs on the batch's device: one batched MONAI
-    ``AffineTransform`` resampling (matrices from MONAI's ``create_rotate/translate/scale``), then
-    intensity and the slice-wise flip.  Parameters come from torch's global CPU RNG, so checkpoints
-    resume exactly.  Each volume gets its own rotation/translation/scale/intensity; the flip is
-    drawn once per pair and applied to both volumes."""
+    """Batch transform for ``PairDataset`` batches: ``transforms.VolumeAugment.augment_pairs`` on
+    ``batch["a"]``, ``batch["b"]`` (VB volumes; translations in 224x224 pixels)."""
 
     def __init__(self, config: AugmentConfig, hw: tuple[int, int]):
-        self.config, self.hw = config, tuple(hw)
-        self.px = hw[1] / VB_SHAPE[2], hw[0] / VB_SHAPE[1]
-        self._tf = None
-
-    def matrices(self, u) -> "np.ndarray":
-        """(N, 4, 4) voxel-space affines (zero-centred) from uniform numbers ``u`` (N, 5)."""
-        from monai.transforms.utils import create_rotate, create_scale, create_translate
-
-        c = self.config
-        out = []
-        for p in np.asarray(u, dtype=np.float64):
-            rot = (2 * p[0] - 1) * math.radians(c.rotate_deg)
-            t = ((2 * p[1] - 1) * c.translate_z, (2 * p[2] - 1) * c.translate_y * self.px[1],
-                 (2 * p[3] - 1) * c.translate_x * self.px[0])
-            sc = c.scale[0] + p[4] * (c.scale[1] - c.scale[0])
-            out.append(create_translate(3, t) @ create_rotate(3, (rot, 0.0, 0.0)) @ create_scale(3, (1.0, sc, sc)))
-        return np.stack(out)
+        self.config = config
+        self.volume = VolumeAugment(config, hw, VB_SHAPE[1:])
 
     def __call__(self, batch: dict) -> dict:
-        import torch
-        from monai.networks.layers import AffineTransform
-
-        c = self.config
-        if not c.enabled:
+        if not self.config.enabled:
             return batch
-        a, b = batch["a"], batch["b"]
-        n = a.shape[0]
-        u = torch.rand(2 * n, 6, dtype=torch.float64)      # CPU generator: part of the saved RNG state
-        flip = (torch.rand(n) < 0.5) if c.flip else torch.zeros(n, dtype=torch.bool)
-        if self._tf is None:
-            self._tf = AffineTransform(normalized=False, mode="bilinear", padding_mode="zeros", zero_centered=True)
-        x = torch.cat([a, b], 0).float().contiguous()
-        theta = torch.as_tensor(self.matrices(u[:, :5].numpy()), dtype=torch.float32, device=x.device)
-        y = self._tf(x, theta)
-        gain = (1 + (2 * u[:, 5] - 1) * c.intensity).to(device=x.device, dtype=torch.float32)
-        y = y * gain.view(-1, 1, 1, 1, 1)
-        f2 = torch.cat([flip, flip]).to(x.device).view(-1, 1, 1, 1, 1)
-        y = torch.where(f2, torch.flip(y, dims=(2,)), y).to(a.dtype)
         batch = dict(batch)
-        batch["a"], batch["b"] = y[:n].contiguous(memory_format=_fmt(a)), y[n:].contiguous(memory_format=_fmt(b))
+        batch["a"], batch["b"] = self.volume.augment_pairs(batch["a"], batch["b"])
         return batch
-
-
-def _fmt(t):
-    import torch
-
-    return torch.channels_last_3d if t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d) \
-        and not t.is_contiguous() else torch.contiguous_format
 
 
 # --------------------------------------------------------------------------- convenience

@@ -30,14 +30,20 @@ REIDENTIFICATION_NOTE = (
 
 @torch.no_grad()
 def embed(model, dataset, device: torch.device, batch_size: int = 32, dtype: torch.dtype | None = None,
-          num_workers: int = 0, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """``(embeddings (N, fc7), logits (N, classes))`` of a ``data.VolumeDataset`` in eval mode."""
+          num_workers: int = 0, progress: bool = True, normalize: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``(embeddings (N, D), logits (N, classes))`` of a ``data.VolumeDataset`` in eval mode.  The
+    embedding is the one the pair loss was trained on: a ``SiameseNet``'s projection of fc7 (fc7
+    itself without a projection head; fc7 for a bare ``VGGMNet``), L2-normalised with
+    ``normalize``."""
     from torch.utils.data import DataLoader
 
-    from .models import unwrap
+    from .models import SiameseNet, unwrap
     from .progress import Progress
 
-    net = unwrap(model).to(device).eval()
+    siamese = model.module if hasattr(model, "module") and isinstance(model.module, SiameseNet) else model
+    net = unwrap(model)
+    forward = siamese.pair_embedding if isinstance(siamese, SiameseNet) else net
+    (siamese if isinstance(siamese, SiameseNet) else net).to(device).eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=device.type == "cuda")
     embs, logits = [], []
@@ -45,13 +51,14 @@ def embed(model, dataset, device: torch.device, batch_size: int = 32, dtype: tor
     with Progress(len(loader) if progress else None, "embedding", unit="batch") as bar:
         for x in loader:
             with amp:
-                e, z = net(x.to(device, non_blocking=True))
+                e, z = forward(x.to(device, non_blocking=True))
+            e = torch.nn.functional.normalize(e.float(), dim=1) if normalize else e
             embs.append(e.float().cpu())
             logits.append(z.float().cpu())
             if progress:
                 bar.update(1)
     if not embs:
-        return np.zeros((0, net.config.fc7), np.float32), np.zeros((0, net.num_classes), np.float32)
+        return np.zeros((0, 0), np.float32), np.zeros((0, net.num_classes), np.float32)
     return torch.cat(embs).numpy(), torch.cat(logits).numpy()
 
 
@@ -62,19 +69,6 @@ def pair_distances(emb: np.ndarray, pairs: Sequence[tuple[int, int, int]]) -> tu
     p = np.asarray(pairs, dtype=np.int64)
     d = np.linalg.norm(emb[p[:, 0]].astype(np.float64) - emb[p[:, 1]].astype(np.float64), axis=1)
     return d, p[:, 2]
-
-
-def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """False- and true-positive rates at every threshold (higher score = positive)."""
-    s, y = np.asarray(scores, float), np.asarray(labels).astype(bool)
-    order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
-    distinct = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]
-    tp = np.cumsum(y)[distinct]
-    fp = np.cumsum(~y)[distinct]
-    tpr = np.r_[0.0, tp / max(y.sum(), 1)]
-    fpr = np.r_[0.0, fp / max((~y).sum(), 1)]
-    return fpr, tpr
 
 
 def save_histogram_png(path, d: np.ndarray, y: np.ndarray, title: str = "") -> None:
@@ -103,6 +97,8 @@ def save_roc_png(path, d: np.ndarray, y: np.ndarray, auc: float) -> None:
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
+    from .metrics import roc_curve
+
     fpr, tpr = roc_curve(-d, y)
     fig, ax = plt.subplots(figsize=(4.2, 4.0), dpi=110)
     ax.plot(fpr, tpr, color="tab:blue", label=f"AUC {auc:.3f}")
@@ -118,6 +114,25 @@ def save_roc_png(path, d: np.ndarray, y: np.ndarray, auc: float) -> None:
     plt.close(fig)
 
 
+def raw_pixel_auc(rows, cache, pairs, factor: int = 4) -> float | None:
+    """Same/different AUC of the plain pixel distance on the same pairs: L2 between volumes
+    z-scored per volume and block-averaged ``factor`` x ``factor`` in-plane (what the network
+    sees, without any learning).  None without both kinds of pair."""
+    from . import metrics
+
+    if not pairs:
+        return None
+    used = sorted({i for i, _, _ in pairs} | {j for _, j, _ in pairs})
+    flat = {}
+    for i in used:
+        v = torch.from_numpy(cache.volume(rows[i]))[None]
+        v = torch.nn.functional.avg_pool3d(v[None], (1, factor, factor))[0].flatten().double()
+        flat[i] = (v - v.mean()) / v.std().clamp_min(1e-8)
+    d = np.array([float((flat[i] - flat[j]).norm()) for i, j, _ in pairs])
+    auc = metrics.roc_auc(-d, np.array([y for _, _, y in pairs]))
+    return None if math.isnan(auc) else float(auc)
+
+
 @dataclass
 class PairEval:
     auc: float
@@ -128,14 +143,16 @@ class PairEval:
 
 
 def evaluate_pairs(model, rows, cache, pairs, device: torch.device, out_dir=None, *, batch_size: int = 32,
-                   dtype=None, extra: dict | None = None, progress: bool = True) -> PairEval:
+                   dtype=None, extra: dict | None = None, progress: bool = True, normalize: bool = False,
+                   baselines: dict | None = None) -> PairEval:
     """Embed ``rows`` (a split's VB volumes), score ``pairs`` and, with ``out_dir``, write
     ``report.json``, ``pairs.csv``, ``distance_histogram.png``, ``roc.png``,
     ``level_confusion.png``."""
     from . import metrics
     from .data import VolumeDataset
 
-    emb, logits = embed(model, VolumeDataset(rows, cache), device, batch_size, dtype, progress=progress)
+    emb, logits = embed(model, VolumeDataset(rows, cache), device, batch_size, dtype, progress=progress,
+                        normalize=normalize)
     d, y = pair_distances(emb, pairs)
     auc = metrics.roc_auc(-d, y) if len(d) else float("nan")
     truth = np.array([r.level_index for r in rows], dtype=np.int64)
@@ -158,6 +175,8 @@ def evaluate_pairs(model, rows, cache, pairs, device: torch.device, out_dir=None
         "paper": PAPER,
         "reidentification_note": REIDENTIFICATION_NOTE,
     }
+    if baselines:  # e.g. the raw-pixel AUC on the same pairs, reported beside the network's
+        report["baselines"] = baselines
     if extra:
         report.update(extra)
     if out_dir is not None:

@@ -6,7 +6,8 @@ mean of the diagonal of the row-normalised confusion matrix (rows = true class),
 balanced accuracy.  Classes that never occur in the true labels have no row to normalise; they
 are left out of the mean (and their recall is NaN) rather than counted as 0 or 1.
 
-Only numpy is needed (matplotlib is imported by :func:`save_confusion_png` alone).
+The numbers come from scikit-learn (``sklearn.metrics``); matplotlib is imported by
+:func:`save_confusion_png` alone.
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ def _as_labels(y, name: str) -> np.ndarray:
 
 
 def confusion_matrix(y_true, y_pred, num_classes: int | None = None) -> np.ndarray:
-    """Counts ``C[i, j]`` = number of samples of true class ``i`` predicted as ``j``.
+    """Counts ``C[i, j]`` = number of samples of true class ``i`` predicted as ``j``
+    (scikit-learn's, over the labels ``0..num_classes-1``; default ``max(label) + 1``)."""
+    from sklearn.metrics import confusion_matrix as sk_confusion
 
-    Class indices are 0-based integers; ``num_classes`` defaults to ``max(label) + 1``.
-    """
     t, p = _as_labels(y_true, "y_true"), _as_labels(y_pred, "y_pred")
     if t.shape != p.shape:
         raise ValueError(f"y_true and y_pred differ in length ({t.size} vs {p.size})")
@@ -41,9 +42,9 @@ def confusion_matrix(y_true, y_pred, num_classes: int | None = None) -> np.ndarr
         num_classes = int(max(t.max(initial=-1), p.max(initial=-1)) + 1)
     if t.size and (t.min() < 0 or p.min() < 0 or t.max() >= num_classes or p.max() >= num_classes):
         raise ValueError(f"class index outside 0..{num_classes - 1}")
-    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(cm, (t, p), 1)
-    return cm
+    if not t.size:
+        return np.zeros((num_classes, num_classes), dtype=np.int64)
+    return sk_confusion(t, p, labels=np.arange(num_classes)).astype(np.int64)
 
 
 def normalize_rows(cm) -> np.ndarray:
@@ -61,11 +62,26 @@ def per_class_recall(cm) -> np.ndarray:
     return np.diag(normalize_rows(cm)).copy()
 
 
+def _expand(cm) -> tuple[np.ndarray, np.ndarray]:
+    """(y_true, y_pred) label vectors with the confusion matrix's counts, for scikit-learn."""
+    cm = np.asarray(cm, dtype=np.int64)
+    i, j = np.nonzero(cm)
+    n = cm[i, j]
+    return np.repeat(i, n), np.repeat(j, n)
+
+
 def average_class_accuracy(cm) -> float:
-    """Mean of the diagonal of the row-normalised confusion matrix over classes present in truth."""
-    r = per_class_recall(cm)
-    r = r[~np.isnan(r)]
-    return float(r.mean()) if r.size else float("nan")
+    """Mean recall over the classes present in the truth (= scikit-learn's balanced accuracy)."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    import warnings
+
+    t, p = _expand(cm)
+    if not t.size:
+        return float("nan")
+    with warnings.catch_warnings():  # predictions of classes absent from the truth are expected
+        warnings.simplefilter("ignore", UserWarning)
+        return float(balanced_accuracy_score(t, p))
 
 
 def accuracy(cm) -> float:
@@ -75,27 +91,20 @@ def accuracy(cm) -> float:
 
 
 def weighted_kappa(cm, weights: str = "linear") -> float:
-    """Cohen's kappa with ``linear`` (|i-j|/(k-1)) or ``quadratic`` disagreement weights, or
-    ``none`` (unweighted).  Returns NaN when chance disagreement is zero (e.g. one class only)."""
-    cm = np.asarray(cm, dtype=np.float64)
-    k = cm.shape[0]
-    n = cm.sum()
-    if n == 0 or k < 2:
-        return float("nan")
-    i, j = np.indices((k, k))
-    if weights == "linear":
-        w = np.abs(i - j) / (k - 1)
-    elif weights == "quadratic":
-        w = ((i - j) / (k - 1)) ** 2
-    elif weights in ("none", None):
-        w = (i != j).astype(np.float64)
-    else:
+    """Cohen's kappa (scikit-learn) with ``linear`` or ``quadratic`` disagreement weights, or
+    ``none`` (unweighted).  NaN when chance disagreement is zero (e.g. one class only)."""
+    from sklearn.metrics import cohen_kappa_score
+
+    if weights not in ("linear", "quadratic", "none", None):
         raise ValueError(f"unknown kappa weights {weights!r}")
-    expected = np.outer(cm.sum(axis=1), cm.sum(axis=0)) / n
-    den = (w * expected).sum()
-    if den == 0:
+    cm = np.asarray(cm)
+    k = cm.shape[0]
+    if cm.sum() == 0 or k < 2:
         return float("nan")
-    return float(1.0 - (w * cm).sum() / den)
+    t, p = _expand(cm)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        v = cohen_kappa_score(t, p, labels=np.arange(k), weights=None if weights == "none" else weights)
+    return float(v)
 
 
 @dataclass
@@ -197,25 +206,23 @@ def save_confusion_png(path: str | os.PathLike, cm, class_names: Sequence[str] |
 
 
 def roc_auc(scores, labels) -> float:
-    """Area under the ROC curve of ``scores`` for binary ``labels`` (1 = positive), computed as
-    the Mann-Whitney statistic with ties counted half.  NaN when one class is missing."""
-    s = np.asarray(scores, dtype=np.float64)
+    """Area under the ROC curve of ``scores`` for binary ``labels`` (1 = positive; scikit-learn,
+    ties counted half).  NaN when one class is missing."""
+    from sklearn.metrics import roc_auc_score
+
     y = np.asarray(labels).astype(bool)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
+    if y.all() or not y.any():
         return float("nan")
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s), dtype=np.float64)
-    sorted_s = s[order]
-    # average ranks over ties
-    i = 0
-    while i < len(s):
-        j = i
-        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    return float(roc_auc_score(y, np.asarray(scores, dtype=np.float64)))
+
+
+def roc_curve(scores, labels) -> tuple[np.ndarray, np.ndarray]:
+    """False- and true-positive rates of ``scores`` for binary ``labels`` (scikit-learn)."""
+    from sklearn.metrics import roc_curve as sk_roc
+
+    fpr, tpr, _ = sk_roc(np.asarray(labels).astype(bool), np.asarray(scores, dtype=np.float64),
+                         drop_intermediate=False)
+    return fpr, tpr
 
 
 def mean_ci95(values) -> tuple[float, float]:

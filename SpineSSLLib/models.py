@@ -35,6 +35,10 @@ PRESETS = {
     "paper": dict(width=1.0, fc6=4096, fc7=1024, input_scale=1.0),
     "small": dict(width=0.125, fc6=256, fc7=128, input_scale=0.5),
 }
+"""Network sizes.  The paper's exact network is ``ModelConfig.preset("paper", norm="lrn",
+init="fan_out")`` (the ``paper`` training recipe of ``pretrain``/``grade-train`` sets both)."""
+
+NORMS = ("lrn", "batch", "group", "none")
 
 
 @dataclass
@@ -48,7 +52,15 @@ class ModelConfig:
     fc7: int = 1024
     input_scale: float = 1.0
     dropout: float = 0.5
-    lrn: bool = True
+    norm: str = "batch"
+    """Normalisation in the trunk: ``lrn`` (the paper's VGG-M: local response normalisation after
+    conv1 and conv2, conv -> ReLU -> LRN), ``batch`` or ``group`` (after every convolution,
+    conv -> norm -> ReLU), or ``none``.  See docs/pretraining.md for why ``batch`` is the default."""
+    init: str = "fan_in"
+    """He initialisation of the convolutions: ``fan_in`` keeps the forward activation scale through
+    the layers (the default; classifier heads then start at std 0.01, so their loss starts at
+    ln K); ``fan_out`` is MatConvNet's ``xavierimproved`` (the paper's toolbox), which shrinks
+    activations ~10x per 3D layer without normalisation (heads: unit-gain He)."""
     aux_heads: dict = field(default_factory=dict)
     """Optional extra heads on fc7, name -> number of classes (e.g. {"sex": 2}); off by default."""
 
@@ -69,6 +81,10 @@ class ModelConfig:
             raise ConfigError("model fc6/fc7 sizes must be positive")
         if not (0 <= self.dropout < 1):
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.norm not in NORMS:
+            raise ConfigError(f"model norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+        if self.init not in ("fan_in", "fan_out"):
+            raise ConfigError(f"model init must be fan_in or fan_out, got {self.init!r}")
 
     def channels(self) -> tuple[int, int, int, int, int]:
         return tuple(max(1, int(round(c * self.width))) for c in (96, 256, 512, 512, 512))
@@ -82,9 +98,15 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
+        """From a preset name plus overrides (``{"preset": "small", "width": 0.25}``) or a full
+        ``to_dict()``; unknown keys are ``ConfigError``."""
         from .config import from_dict
 
-        return from_dict(cls, d, "model")
+        d = dict(d)
+        name = d.pop("preset", "paper")
+        if name not in PRESETS:
+            raise ConfigError(f"unknown model preset {name!r} (choose from {', '.join(PRESETS)})")
+        return from_dict(cls, {"preset": name, **PRESETS[name], **d}, "model")
 
 
 def _conv_out(n: int, k: int, s: int, p: int) -> int:
@@ -143,29 +165,58 @@ class LRN(nn.Module):
         return f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
 
 
+def _norm(kind: str, channels: int, dims: int) -> nn.Module:
+    if kind == "batch":
+        return (nn.BatchNorm2d if dims == 2 else nn.BatchNorm3d)(channels)
+    if kind == "group":
+        return nn.GroupNorm(_groups(channels), channels)
+    return nn.Identity()
+
+
+def _groups(channels: int) -> int:
+    """Groups for GroupNorm: 32 where the width allows (Wu & He), at least 4 channels a group."""
+    g = min(32, max(1, channels // 4))
+    while channels % g:
+        g -= 1
+    return g
+
+
 class Trunk(nn.Module):
-    """conv1 .. conv5 + pool5: ``(B, 1, 9, h, w)`` -> ``(B, C5, h', w')``."""
+    """conv1 .. conv5 + pool5: ``(B, 1, 9, h, w)`` -> ``(B, C5, h', w')``.
+
+    ``norm="lrn"``: conv -> ReLU -> LRN at conv1/conv2 (VGG-M); ``batch``/``group``: conv -> norm
+    -> ReLU at every conv (``norm1..norm5``); ``none``: conv -> ReLU."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         c1, c2, c3, c4, c5 = config.channels()
-        lrn = (lambda: LRN(5, alpha=5e-4, beta=0.75, k=2.0)) if config.lrn else nn.Identity
+        self.kind = config.norm
         self.conv1 = nn.Conv3d(1, c1, (3, 7, 7), stride=(1, 2, 2), padding=(1, 0, 0))
-        self.norm1 = lrn()
         self.conv2 = nn.Conv3d(c1, c2, (3, 5, 5), stride=(1, 2, 2), padding=(1, 1, 1))
-        self.norm2 = lrn()
         self.conv3 = nn.Conv3d(c2, c3, (3, 3, 3), padding=1)
         self.conv4 = nn.Conv3d(c3, c4, (DEPTH, 3, 3), padding=(0, 1, 1))
         self.conv5 = nn.Conv2d(c4, c5, 3, padding=1)
+        if self.kind == "lrn":
+            self.norm1, self.norm2 = LRN(5, alpha=5e-4, beta=0.75, k=2.0), LRN(5, alpha=5e-4, beta=0.75, k=2.0)
+            self.norm3 = self.norm4 = self.norm5 = None
+        else:
+            self.norm1, self.norm2 = _norm(self.kind, c1, 3), _norm(self.kind, c2, 3)
+            self.norm3, self.norm4, self.norm5 = _norm(self.kind, c3, 3), _norm(self.kind, c4, 3), _norm(self.kind, c5, 2)
         self.out_channels = c5
 
+    def _block(self, conv, norm, x):
+        if self.kind == "lrn":
+            x = F.relu(conv(x))
+            return norm(x) if norm is not None else x
+        return F.relu(norm(conv(x)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.max_pool3d(self.norm1(F.relu(self.conv1(x))), (1, 2, 2))
-        x = F.max_pool3d(self.norm2(F.relu(self.conv2(x))), (1, 2, 2))
-        x = F.relu(self.conv3(x))
-        x = F.relu(self.conv4(x))          # depth 9 -> 1
+        x = F.max_pool3d(self._block(self.conv1, self.norm1, x), (1, 2, 2))
+        x = F.max_pool3d(self._block(self.conv2, self.norm2, x), (1, 2, 2))
+        x = self._block(self.conv3, self.norm3, x)
+        x = self._block(self.conv4, self.norm4, x)          # depth 9 -> 1
         x = x.squeeze(2)
-        x = F.relu(self.conv5(x))
+        x = self._block(self.conv5, self.norm5, x)
         return F.max_pool2d(x, 2)
 
 
@@ -189,21 +240,43 @@ class VGGMNet(nn.Module):
         self.fc8 = nn.Linear(config.fc7, self.num_classes)
         self.drop = nn.Dropout(config.dropout)
         self.aux = nn.ModuleDict({k: nn.Linear(config.fc7, int(n)) for k, n in config.aux_heads.items()})
+        self.trunk_frozen = False
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """He initialisation (ReLU gain) so activations keep their scale through the 7 layers
-        before fc7; PyTorch's default shrinks them and the contrastive loss then starts from
-        collapsed embeddings."""
+        """He initialisation (ReLU gain): convolutions by ``config.init`` (fan-in by default, which
+        keeps the activation scale through the layers), linear layers fan-in; normalisation layers
+        at unit scale, zero shift."""
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Conv3d)):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.kaiming_normal_(m.weight, mode=self.config.init, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm)):
+                nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Linear):
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
-        for head in [self.fc8, *self.aux.values()]:   # linear heads: unit gain (no ReLU follows)
-            nn.init.kaiming_normal_(head.weight, mode="fan_in", nonlinearity="linear")
+        for head in [self.fc8, *self.aux.values()]:
+            if self.config.init == "fan_in":   # classifier heads start near uniform (loss ln K)
+                nn.init.normal_(head.weight, std=0.01)
+            else:                              # the earlier scheme: unit gain (no ReLU follows)
+                nn.init.kaiming_normal_(head.weight, mode="fan_in", nonlinearity="linear")
+
+    def freeze_trunk(self) -> "VGGMNet":
+        """Freeze the convolutional trunk: no gradients, and batch-norm statistics stay as they are
+        (the trunk stays in eval mode when the model is put in training mode)."""
+        for p in self.trunk.parameters():
+            p.requires_grad_(False)
+        self.trunk_frozen = True
+        self.trunk.eval()
+        return self
+
+    def train(self, mode: bool = True) -> "VGGMNet":
+        super().train(mode)
+        if self.trunk_frozen:
+            self.trunk.eval()
+        return self
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 5 or x.shape[1] != 1 or x.shape[2] != DEPTH:
@@ -237,17 +310,39 @@ class VGGMNet(nn.Module):
 class SiameseNet(nn.Module):
     """Two branches, one shared ``VGGMNet``: both inputs go through a single forward call.
 
-    ``forward(a, b) -> (emb_a, emb_b, logits_a, logits_b)``.
-    """
+    ``forward(a, b) -> (pair_a, pair_b, logits_a, logits_b)``: ``pair_*`` is what the pair loss
+    sees — fc7 itself, or with ``projection > 0`` a 2-layer projection head on fc7
+    (fc7 -> ReLU -> Linear(fc7) -> BatchNorm -> ReLU -> Linear(projection), SimCLR); the level
+    logits always come from fc8 on fc7.  Grading transfers only the trunk."""
 
-    def __init__(self, net: VGGMNet):
+    def __init__(self, net: VGGMNet, projection: int = 0):
         super().__init__()
         self.net = net
+        self.head = None
+        if projection:
+            w = net.config.fc7
+            self.head = nn.Sequential(nn.ReLU(), nn.Linear(w, w), nn.BatchNorm1d(w), nn.ReLU(),
+                                      nn.Linear(w, int(projection)))
+            for m in self.head:
+                if isinstance(m, nn.Linear):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                    nn.init.zeros_(m.bias)
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor):
+    def project(self, emb: torch.Tensor) -> torch.Tensor:
+        return emb if self.head is None else self.head(emb)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor, with_embedding: bool = False):
+        """``with_embedding``: also return fc7 of ``cat([a, b])`` (for heads that read fc7)."""
         n = a.shape[0]
         emb, logits = self.net(torch.cat([a, b], 0))
-        return emb[:n], emb[n:], logits[:n], logits[n:]
+        z = self.project(emb)
+        out = (z[:n], z[n:], logits[:n], logits[n:])
+        return out + (emb,) if with_embedding else out
+
+    def pair_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(pair-space embedding, level logits)`` of single volumes (evaluation)."""
+        emb, logits = self.net(x)
+        return self.project(emb), logits
 
 
 def trunk_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -2,10 +2,17 @@
 
 ``fit(model, loss_fn, train_loader, val_loader, config, out_dir, checkpoint_config=...)``:
 
-- SGD with momentum / weight decay; the learning rate is divided by 10 (``lr_factor``) when the
-  validation loss has not improved for ``patience`` epochs; after ``max_lr_drops`` reductions the
-  next plateau stops training (the paper's "lowered as the validation error plateaus, which is
-  also our stopping criterion"); ``max_epochs`` caps it.
+- Optimiser ``sgd`` (momentum, weight decay: the paper's) or ``adamw``; gradient clipping.
+- Schedule ``cosine`` (linear warm-up over ``warmup_epochs``, then cosine decay to
+  ``min_lr_fraction`` x lr at ``max_epochs``; computed from the step count, so a resumed run
+  continues exactly) or ``plateau`` (the paper's: the learning rate is divided by 10
+  (``lr_factor``) when the validation loss has not improved for ``patience`` epochs; after
+  ``max_lr_drops`` reductions the next plateau stops training; ``max_epochs`` caps it).  Either way
+  ``best/`` holds the epoch with the lowest validation loss.
+- Diagnostics in ``log.csv``: per layer, the activation standard deviation and the gradient norm
+  on the epoch's first batch (``act_<layer>``, ``grad_<layer>``); ``chance`` values (a metric
+  name -> its value at chance, e.g. ln 7 for the level loss) make ``fit`` print a "not learning"
+  warning when that training metric is still within 2 % of chance after ``stall_steps`` steps.
 - Device: CUDA when present (``device="auto"``), with bf16 autocast (fp16 + GradScaler where bf16
   is unsupported) and channels-last memory format; CPU in fp32 otherwise.
 - Multi-GPU / multi-node: launch the same command with ``torchrun``; ``fit`` sees ``WORLD_SIZE``,
@@ -28,28 +35,39 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import nn
 
 from . import checkpoint as ckpt
 from .atomic import write_csv, write_json
+from .device import amp_dtype as _amp_dtype
+from .diagnostics import ActivationProbe, grad_norms
+from .distributed import DistInfo, dist_info, make_loader, set_epoch, setup_distributed, to_device  # noqa: F401
+from .device import select_device
 from .errors import CheckpointError, ConfigError
 from .progress import Progress
 
 
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "plateau")
+
+
 @dataclass
 class TrainConfig:
-    lr: float = 1e-5
+    optimizer: str = "adamw"
+    lr: float = 1e-3
     momentum: float = 0.9
-    weight_decay: float = 5e-4
+    """SGD momentum; AdamW's beta1."""
+    weight_decay: float = 0.05
+    schedule: str = "cosine"
+    warmup_epochs: float = 1.0
+    min_lr_fraction: float = 0.01
     batch_size: int = 32
     max_epochs: int = 500
     min_epochs: int = 0
@@ -70,11 +88,20 @@ class TrainConfig:
     device: str = "auto"
     num_workers: int = 2
     seed: int = 0
-    grad_clip: float = 0.0
+    grad_clip: float = 5.0
+    """Clip the gradient's global norm to this (0 = off)."""
     tensorboard: bool = False
     checkpoint_every: int = 1
+    stall_steps: int = 300
+    """After this many training steps, warn when a metric with a chance value is still at chance."""
 
     def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.warmup_epochs < 0 or not (0 <= self.min_lr_fraction <= 1) or self.grad_clip < 0:
+            raise ConfigError("warmup_epochs and grad_clip must be >= 0, min_lr_fraction in [0, 1]")
         if self.lr <= 0 or self.batch_size < 1 or self.max_epochs < 1:
             raise ConfigError("lr, batch_size and max_epochs must be positive")
         if not (0 < self.lr_factor < 1):
@@ -94,104 +121,11 @@ class TrainConfig:
         return from_dict(cls, d, "training")
 
 
-# --------------------------------------------------------------------------- device / distributed
-
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world > 1
-
-
-def dist_info() -> DistInfo:
-    """Rank / world size from the ``torchrun`` environment (1 process when not launched so)."""
-    return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                    int(os.environ.get("LOCAL_RANK", 0)))
-
-
-def setup_distributed() -> DistInfo:
-    info = dist_info()
-    if info.enabled:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-            if torch.cuda.is_available():
-                torch.cuda.set_device(info.local_rank)
-            dist.init_process_group(backend=backend)
-    return info
-
-
-def select_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", dist_info().local_rank if dist_info().enabled else torch.cuda.current_device())
-        return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device cuda requested but no CUDA GPU is available")
-    return dev
-
+# --------------------------------------------------------------------------- device
 
 def amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for this config on this device (None = full fp32)."""
-    if device.type != "cuda" or config.amp == "off":
-        return None
-    if config.amp == "fp16":
-        return torch.float16
-    if config.amp == "bf16" or torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float16
-
-
-def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
-    """Move tensors in (nested) dict/list/tuple batches to ``device`` (non-blocking from pinned
-    memory); 5-D float tensors go channels-last-3d when asked."""
-    if torch.is_tensor(batch):
-        t = batch.to(device, non_blocking=True)
-        if channels_last and t.dim() == 5 and t.is_floating_point():
-            t = t.contiguous(memory_format=torch.channels_last_3d)
-        return t
-    if isinstance(batch, dict):
-        return {k: to_device(v, device, channels_last) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(v, device, channels_last) for v in batch)
-    return batch
-
-
-def make_loader(dataset, batch_size: int, *, shuffle: bool, num_workers: int = 0, drop_last: bool = False,
-                seed: int = 0, collate_fn=None, device: torch.device | None = None):
-    """A DataLoader that splits the data across ranks under torchrun (DistributedSampler), with
-    worker processes, pinned memory on CUDA and persistent workers."""
-    from torch.utils.data import DataLoader, DistributedSampler
-
-    info = dist_info()
-    sampler = None
-    if info.enabled:
-        sampler = DistributedSampler(dataset, num_replicas=info.world, rank=info.rank, shuffle=shuffle,
-                                     seed=seed, drop_last=drop_last)
-        shuffle = False
-    pin = bool(device is not None and device.type == "cuda")
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=num_workers,
-                      drop_last=drop_last, collate_fn=collate_fn, pin_memory=pin,
-                      persistent_workers=num_workers > 0)
-
-
-def _set_epoch(loader, epoch: int) -> None:
-    for obj in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
-        if obj is not None and hasattr(obj, "set_epoch"):
-            obj.set_epoch(epoch)
+    return _amp_dtype(config.amp, device)
 
 
 # --------------------------------------------------------------------------- plateau schedule
@@ -213,7 +147,7 @@ class Plateau:
             self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
             return True, False
         self.bad_epochs += 1
-        if self.bad_epochs < cfg.patience or epoch + 1 < cfg.min_epochs:
+        if cfg.schedule != "plateau" or self.bad_epochs < cfg.patience or epoch + 1 < cfg.min_epochs:
             return False, False
         if self.drops < cfg.max_lr_drops:
             self.drops += 1
@@ -239,35 +173,48 @@ def _mean(sums: dict, counts: dict, info: DistInfo, device) -> dict:
 
 
 def run_epoch(model, loss_fn, loader, device, *, train: bool, optimizer=None, scaler=None,
-              dtype=None, channels_last=False, augment=None, grad_clip=0.0, desc="", info=None) -> dict:
-    """One pass over ``loader``; returns batch-averaged metrics (``loss`` plus the loss_fn's)."""
+              dtype=None, channels_last=False, augment=None, grad_clip=0.0, desc="", info=None,
+              set_lr: Callable | None = None, diagnose: bool = False) -> dict:
+    """One pass over ``loader``; returns batch-averaged metrics (``loss`` plus the loss_fn's).
+    ``set_lr(i)`` is called before training step ``i`` of the epoch (the schedule); with
+    ``diagnose`` the first batch's per-layer activation s.d. and gradient norms are added."""
     info = info or dist_info()
     model.train(train)
     sums: dict[str, float] = {}
     counts: dict[str, float] = {}
+    diag: dict[str, float] = {}
     total = len(loader) if hasattr(loader, "__len__") else None
     with Progress(total if info.is_main else None, desc, unit="batch") as bar:
-        for batch in loader:
+        for i, batch in enumerate(loader):
             batch = to_device(batch, device, channels_last)
             if train and augment is not None:
                 with torch.no_grad():
                     batch = augment(batch)
             amp = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-            with torch.set_grad_enabled(train), amp:
-                loss, metrics = loss_fn(model, batch, train)
+            probe = ActivationProbe(model) if diagnose and i == 0 else None
+            try:
+                with torch.set_grad_enabled(train), amp:
+                    loss, metrics = loss_fn(model, batch, train)
+            finally:
+                if probe is not None:
+                    diag.update(probe.close())
             if train:
+                if set_lr is not None:
+                    set_lr(i)
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()
-                    if grad_clip:
-                        scaler.unscale_(optimizer)
-                        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                    scaler.unscale_(optimizer)
+                else:
+                    loss.backward()
+                if probe is not None:
+                    diag.update(grad_norms(model))
+                if grad_clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                if scaler is not None:
                     scaler.step(optimizer)
                     scaler.update()
                 else:
-                    loss.backward()
-                    if grad_clip:
-                        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
                     optimizer.step()
             vals = {"loss": loss.detach()}
             vals.update(metrics or {})
@@ -281,7 +228,32 @@ def run_epoch(model, loss_fn, loader, device, *, train: bool, optimizer=None, sc
                 bar.set_postfix(loss=f"{sums.get('loss', 0) / max(counts.get('loss', 1), 1):.4g}")
     if not math.isfinite(sums.get("loss", 0.0)) or ("loss" not in counts and total):
         raise FloatingPointError("training loss is not finite (lower the learning rate?)")
-    return _mean(sums, counts, info, device)
+    out = _mean(sums, counts, info, device)
+    out.update({k: round(v, 6) for k, v in diag.items()})
+    return out
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (momentum, weight decay) or AdamW over the trainable parameters; no weight decay on
+    biases and normalisation parameters for AdamW (as is usual)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    decay = [p for p in params if p.dim() > 1]
+    other = [p for p in params if p.dim() <= 1]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                              {"params": other, "weight_decay": 0.0}], lr=config.lr,
+                             betas=(config.momentum, 0.999))
+
+
+def cosine_lr(config: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
+    """Learning rate at ``step``: linear warm-up, then cosine decay to ``min_lr_fraction`` x lr."""
+    warm = int(round(config.warmup_epochs * steps_per_epoch))
+    if step < warm:
+        return config.lr * (step + 1) / warm
+    t = min(1.0, (step - warm) / max(1, total_steps - warm))
+    lo = config.lr * config.min_lr_fraction
+    return lo + (config.lr - lo) * 0.5 * (1 + math.cos(math.pi * t))
 
 
 @dataclass
@@ -296,10 +268,12 @@ class FitResult:
 
 def fit(model: nn.Module, loss_fn: Callable, train_loader, val_loader, config: TrainConfig, out_dir,
         *, checkpoint_config: dict, resume: bool = False, augment: Callable | None = None,
-        device: torch.device | None = None, on_epoch_end: Callable | None = None) -> FitResult:
+        device: torch.device | None = None, on_epoch_end: Callable | None = None,
+        chance: dict[str, float] | None = None) -> FitResult:
     """Train ``model`` (see the module docstring).  ``checkpoint_config`` (JSON) is stored in every
     checkpoint, e.g. ``{"task": "pretrain", "model": ModelConfig.to_dict(), "num_classes": 7,
-    "in_hw": [224, 224]}``; ``on_epoch_end(epoch, row)`` may add entries to the log row."""
+    "in_hw": [224, 224]}``; ``on_epoch_end(epoch, row)`` may add entries to the log row;
+    ``chance`` maps training metrics to their value at chance (the "not learning" warning)."""
     out = Path(out_dir)
     info = setup_distributed()
     device = device or select_device(config.device)
@@ -314,8 +288,7 @@ def fit(model: nn.Module, loss_fn: Callable, train_loader, val_loader, config: T
         from .models import to_channels_last
 
         to_channels_last(model)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
+    optimizer = make_optimizer(model, config)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     plateau = Plateau()
     history: list[dict] = []
@@ -340,6 +313,8 @@ def fit(model: nn.Module, loss_fn: Callable, train_loader, val_loader, config: T
     if info.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
+        if device.type == "cuda":  # batch statistics over all ranks' batches (CPU/gloo has no SyncBatchNorm)
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     writer = None
@@ -350,6 +325,20 @@ def fit(model: nn.Module, loss_fn: Callable, train_loader, val_loader, config: T
             raise ConfigError("--tensorboard needs the 'tensorboard' package (pip install tensorboard)")
         writer = SummaryWriter(str(out / "tensorboard"))
 
+    steps_per_epoch = len(train_loader) if hasattr(train_loader, "__len__") else 1
+    total_steps = max(1, config.max_epochs * steps_per_epoch)
+    warnings_: list[str] = []
+
+    def set_lr_for(epoch):
+        if config.schedule != "cosine":
+            return None
+
+        def set_lr(i):
+            lr_now = cosine_lr(config, epoch * steps_per_epoch + i, total_steps, steps_per_epoch)
+            for g in optimizer.param_groups:
+                g["lr"] = lr_now
+        return set_lr
+
     stop_reason = "max_epochs"
     epoch = start - 1
     try:
@@ -358,13 +347,26 @@ def fit(model: nn.Module, loss_fn: Callable, train_loader, val_loader, config: T
                 stop_reason = "plateau"
                 break
             t0 = time.time()
-            _set_epoch(train_loader, epoch)
+            set_epoch(train_loader, epoch)
+            set_lr = set_lr_for(epoch)
+            if set_lr is not None:
+                set_lr(0)
             lr = optimizer.param_groups[0]["lr"]
             tr = run_epoch(train_model, loss_fn, train_loader, device, train=True, optimizer=optimizer,
                            scaler=scaler, dtype=dtype, channels_last=channels_last, augment=augment,
-                           grad_clip=config.grad_clip, desc=f"epoch {epoch + 1}/{config.max_epochs}", info=info)
+                           grad_clip=config.grad_clip, desc=f"epoch {epoch + 1}/{config.max_epochs}", info=info,
+                           set_lr=set_lr, diagnose=True)
+            if chance and not warnings_ and (epoch + 1) * steps_per_epoch >= config.stall_steps:
+                for k, c in chance.items():
+                    v = tr.get(k)
+                    if v is not None and abs(v - c) <= 0.02 * abs(c):
+                        warnings_.append(f"not learning: training {k} loss {v:.4f} is within 2 % of its chance value "
+                                         f"{c:.4f} after {(epoch + 1) * steps_per_epoch} steps; check the learning "
+                                         "rate, initialisation and normalisation (docs/pretraining.md)")
+                        if info.is_main:
+                            print(f"warning: {warnings_[-1]}", flush=True)
             if val_loader is not None:
-                _set_epoch(val_loader, 0)
+                set_epoch(val_loader, 0)
                 va = run_epoch(train_model, loss_fn, val_loader, device, train=False, dtype=dtype,
                                channels_last=channels_last, desc="validation", info=info)
             else:
@@ -407,7 +409,7 @@ def fit(model: nn.Module, loss_fn: Callable, train_loader, val_loader, config: T
                                       "best_epoch": plateau.best_epoch, "best_val_loss": plateau.best,
                                       "lr_drops": plateau.drops, "train_config": config.to_dict(),
                                       "device": str(device), "amp": str(dtype).replace("torch.", "") if dtype else "off",
-                                      "world_size": info.world})
+                                      "world_size": info.world, "warnings": warnings_})
     return FitResult(epochs_run=epoch + 1 - start, last_epoch=epoch, best_epoch=plateau.best_epoch,
                      best_val_loss=plateau.best, stop_reason=stop_reason, history=history)
 
@@ -419,17 +421,3 @@ def _fieldnames(history: list[dict]) -> list[str]:
             if k not in names:
                 names.append(k)
     return names
-
-
-def load_config_file(path) -> dict:
-    """A JSON config file ``{"train": {...}, "model": {...}, "data": {...}}`` (any part optional)."""
-    p = Path(path)
-    try:
-        d = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError("config file not found", p)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"config file is not valid JSON ({e})", p)
-    if not isinstance(d, dict):
-        raise ConfigError("config file must hold a JSON object", p)
-    return d

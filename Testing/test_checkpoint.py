@@ -74,6 +74,21 @@ def test_truncated_and_wrong_preset_rejected(tmp_path):
         ckpt.load_checkpoint(d2, _tiny(), torch.optim.SGD(m.parameters(), lr=1))
 
 
+def test_swapped_in_weights_of_the_same_shapes_are_refused(tmp_path):
+    """Another valid model.safetensors of identical shapes (a different training run) copied over
+    a checkpoint's weights fails the SHA-256 check instead of loading silently."""
+    torch.manual_seed(0)
+    a = ckpt.save_checkpoint(tmp_path / "a", _tiny(), {})
+    torch.manual_seed(1)
+    b = ckpt.save_checkpoint(tmp_path / "b", _tiny(), {})
+    assert (a / "model.safetensors").stat().st_size == (b / "model.safetensors").stat().st_size
+    (a / "model.safetensors").write_bytes((b / "model.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match="truncated or replaced"):
+        ckpt.load_checkpoint(a, _tiny())
+    with pytest.raises(CheckpointError, match="truncated or replaced"):
+        ckpt.load_weights(a)
+
+
 def test_load_never_unpickles(tmp_path):
     """A pickle dropped in place of the weights is refused, not executed."""
     import pickle

@@ -148,11 +148,14 @@ def test_checkpoint_save_interrupted_between_renames_is_recovered(tmp_path, unin
     w.write_bytes(w.read_bytes()[: len(w.read_bytes()) // 2])
     last = out / "last"
     assert not last.exists() and ckpt.exists(last)
+    from SpineSSLLib.train import TrainConfig, make_optimizer
+
     conf = ckpt.read_meta(last)["config"]
-    model = SiameseNet(VGGMNet(ModelConfig.from_dict(conf["model"]), 7))
-    opt = torch.optim.SGD(model.parameters(), lr=1.0, momentum=0.9)
+    model = SiameseNet(VGGMNet(ModelConfig.from_dict(conf["model"]), 7), conf["loss"]["projection"])
+    saved = json.loads((uninterrupted / "pretrain_config.json").read_text())["train"]
+    opt = make_optimizer(model, TrainConfig.from_dict({**saved, "lr": 1.0}))
     meta = ckpt.load_checkpoint(last, model, opt, restore_rng_state=True)
-    assert meta["epoch"] == EPOCHS - 1 and opt.param_groups[0]["lr"] == 0.01
+    assert meta["epoch"] == EPOCHS - 1 and opt.param_groups[0]["lr"] < 0.01   # restored, not the 1.0 set here
     ckpt.save_checkpoint(last, model, conf, epoch=meta["epoch"] + 1, optimizer=opt, rng=True)
     assert sorted(p.name for p in out.iterdir()) == ["last"]
     assert ckpt.read_meta(last)["epoch"] == EPOCHS

@@ -3,6 +3,7 @@
 (DICOM written by `SpineSSLLib.synth`)."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -181,9 +182,13 @@ def test_tiny_training_run_then_detect_and_evaluate(cohort, tmp_path, capsys):
         assert len(list(csv.DictReader(f))) == 5
 
     out = tmp_path / "detected"
+    capsys.readouterr()
     rc = main(["-q", "detect", str(cohort / "dicom"), "--out", str(out), "--model", str(model),
                "--reference", str(cohort / "truth"), "--markups", "--threads", "1"])
     assert rc == 0
+    printed = capsys.readouterr().out  # every printed figure is formatted (no 0.9847619047619047)
+    assert re.search(r"labelling accuracy (\d+\.\d %|n/a), all levels right in (\d+\.\d %|n/a) of", printed), printed
+    assert not re.search(r"\d\.\d{5,}", printed), printed
     files = sorted(p for p in out.glob("*.json") if p.name != "evaluation.json")
     assert len(files) == 2
     for p in files:

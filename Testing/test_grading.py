@@ -71,16 +71,18 @@ def test_incompatible_pretrained_checkpoint_rejected(tmp_path, pretrained_dir):
     bad = tmp_path / "bad"
     net = VGGMNet(tiny_config(), 7, (224, 224))
     ckpt.save_checkpoint(bad, net, {"task": "pretrain", "model": ModelConfig.preset("small").to_dict()})
-    with pytest.raises(CheckpointError, match="shape"):
-        grading.build_grading_model(tiny_config(), 4, "ssl-frozen", bad)
+    with pytest.raises(CheckpointError, match="shape"):   # the checkpoint's own config says small
+        grading.build_grading_model(ModelConfig.from_dict(ckpt.model_config(bad)), 4, "ssl-frozen", bad)
 
 
 @pytest.mark.parametrize("mode", ["ssl-frozen", "ssl-finetune", "frozen-random", "scratch"])
 def test_training_respects_freezing(tmp_path, cohort, pretrained_dir, mode):
     pre = str(pretrained_dir) if mode.startswith("ssl") else None
-    cfg = grading.GradeTrainConfig(mode=mode, pretrained=pre, model_preset="small", model_overrides=TINY,
-                                   batch_size=16, max_epochs=1, lr=1e-2, augment=mode == "ssl-finetune", device="cpu", seed=5)
-    start = grading.build_grading_model(tiny_config(), 4, mode, pre, seed=cfg.seed)
+    cfg = grading.load_config(overrides={"transfer.mode": mode, "transfer.pretrained": pre,
+                                         "model": {"preset": "small", **TINY}, "train.batch_size": 16,
+                                         "train.max_epochs": 1, "train.lr": 1e-2, "train.device": "cpu",
+                                         "train.seed": 5, "augment.enabled": mode == "ssl-finetune"})
+    start = grading.build_grading_model(cfg.resolved_model(), 4, mode, cfg.transfer.pretrained, seed=cfg.seed)
     res = grading.train_grading(cohort, tmp_path / mode, cfg)
     after, meta = ckpt.load_weights(tmp_path / mode / "last")
     before = start.state_dict()
@@ -96,7 +98,10 @@ def test_training_respects_freezing(tmp_path, cohort, pretrained_dir, mode):
 
 def test_classification_augmentation_is_per_volume():
     torch.manual_seed(0)
-    aug = grading._augmenter(True, (56, 112))
+    from SpineSSLLib.grading.train import _augmenter
+    from SpineSSLLib.transforms import AugmentConfig
+
+    aug = _augmenter(AugmentConfig(), (56, 112))
     x = torch.rand(6, 1, 9, 56, 112)
     y = torch.arange(6)
     xa, ya = aug((x, y))
@@ -106,7 +111,7 @@ def test_classification_augmentation_is_per_volume():
     same = x[:1].repeat(6, 1, 1, 1, 1)
     out, _ = aug((same, y))
     assert not torch.allclose(out[0], out[1])
-    assert grading._augmenter(False, (56, 112)) is None
+    assert _augmenter(AugmentConfig(enabled=False), (56, 112)) is None
 
 
 def test_grade_train_cli(tmp_path, cohort, pretrained_dir, capsys):

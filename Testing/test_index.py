@@ -194,6 +194,32 @@ def test_image_cohort_from_table(tmp_path):
     assert sorted(os.path.basename(found[r["scan_key"]][0]) for r in ok) == ["1_t2.mha", "2_t2.mha"]
 
 
+def test_image_table_labels_and_shards(tmp_path):
+    """Table cohorts: sex/age columns become labels; 2 shards merged equal one run."""
+    import shutil
+
+    root = tmp_path / "img"
+    root.mkdir()
+    aff = sagittal_affine(SHAPE, (0.6, 0.6, 3.3))
+    lines = ["file,subject,interval_days,sex,age"]
+    for i in range(6):
+        write_image(root / f"{i}.mha", vol(i), aff)
+        lines.append(f"{i}.mha,p{i // 2},{400 * (i % 2)},{'FM'[i % 2] if i < 4 else ''},{38 + 9 * i}")
+    table = tmp_path / "t.csv"
+    table.write_text("\n".join(lines) + "\n")
+    A, B = tmp_path / "A", tmp_path / "B"
+    assert cli(["-q", "index", str(root), "--out", str(A), "--table", str(table)]) == 0
+    got = {(r["interval_days"], r["sex"], r["age_bin"]) for r in rows(A / "series.csv")}
+    assert ("0", "0", "0") in got and ("400", "1", "1") in got and ("400", "", "4") in got
+    B.mkdir()
+    shutil.copy(A / "cohort_salt.txt", B)
+    for i in range(2):
+        assert cli(["-q", "index", str(root), "--out", str(B), "--table", str(table), "--shard", f"{i}/2"]) == 0
+    assert cli(["-q", "merge", str(B)]) == 0
+    for name in ("series.csv", "sources.csv", "errors.csv", "index.json"):
+        assert (A / name).read_bytes() == (B / name).read_bytes(), name
+
+
 def test_image_folder_without_table_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "in").mkdir()
     write_image(tmp_path / "in" / "a.nii.gz", vol(1), sagittal_affine(SHAPE))

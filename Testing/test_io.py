@@ -120,7 +120,7 @@ def test_missing_pixel_data(tmp_path):
     paths = write_series(tmp_path, small_volume(), sagittal_affine(small_volume().shape), HDR)
     ds = pydicom.dcmread(paths[1])
     del ds.PixelData
-    ds.save_as(paths[1], enforce_file_format=True)
+    ds.save_as(paths[1])
     with pytest.raises(DicomError, match="missing pixel data"):
         read_dicom_series(tmp_path)
 

@@ -21,7 +21,7 @@ def test_shapes_meta(preset, hw):
 
 
 def test_paper_sizes_match_hand_count():
-    cfg = M.ModelConfig.preset("paper")
+    cfg = M.ModelConfig.preset("paper", norm="lrn")
     assert cfg.channels() == (96, 256, 512, 512, 512) and cfg.fc7 == 1024 and cfg.fc6 == 4096
     assert M.trunk_out_hw(cfg, (224, 224)) == (6, 6)     # 224 -conv1-> 109 -pool-> 54 -conv2-> 26 -> 13 -> 6
     assert M.trunk_out_hw(cfg, (112, 224)) == (3, 6)
@@ -34,6 +34,9 @@ def test_paper_sizes_match_hand_count():
     macs = (9 * 109 * 109 * 96 * 147 + 9 * 26 * 26 * 256 * 96 * 75 + 9 * 13 * 13 * 512 * 256 * 27
             + 13 * 13 * 512 * 512 * 81 + 13 * 13 * 512 * 512 * 9 + 512 * 36 * 4096 + 4096 * 1024 + 1024 * 7)
     assert d["macs_per_volume"] == macs
+    # batch norm after every conv adds a scale and a shift per channel
+    bn = M.describe(M.ModelConfig.preset("paper", norm="batch"), 7, (224, 224))
+    assert bn["trunk_parameters"] == trunk + 2 * sum(cfg.channels())
 
 
 def test_small_preset_real_forward_both_sizes():
@@ -114,3 +117,34 @@ def test_lrn_equals_torch_local_response_norm_values_and_gradients(shape):
         ga, = torch.autograd.grad((ours(xa) * w).sum(), xa)
         gb, = torch.autograd.grad((ref(xb) * w).sum(), xb)
         assert torch.allclose(ga, gb, rtol=1e-8, atol=1e-10)
+
+
+def _fixed_weights(net):
+    """Deterministic weights that do not depend on the initialisation code."""
+    with torch.no_grad():
+        for k, (name, p) in enumerate(sorted(net.named_parameters())):
+            n = p.numel()
+            p.copy_(((torch.sin(torch.arange(n, dtype=torch.float64) * 0.37 + k) + 0.3) * (1.5 / max(1, n // p.shape[0]) ** 0.5))
+                    .view_as(p).float())
+            if name.endswith("bias"):
+                p.mul_(0.01)
+    return net
+
+
+PINNED_TRUNK = [3521.6045, 4395.4639, 3652.7437, 3513.0605, 4385.5840, 3644.8721]
+"""pool5 outputs (first two channels, flattened) of the fixed net on the fixed input, recorded from the
+reference implementation (main at 9519541)."""
+
+
+def test_trunk_values_with_fixed_weights_and_input():
+    """The trunk's arithmetic is pinned: conv4 collapses the 9 slices with a (9, 3, 3) kernel; an
+    implementation of equal cost but other maths (e.g. a max over slices) gives other values."""
+    cfg = M.ModelConfig.preset("small", width=0.0625, fc6=8, fc7=4, input_scale=0.5, norm="lrn")
+    net = _fixed_weights(M.VGGMNet(cfg, 3, (112, 224))).eval()
+    z, y, x = torch.meshgrid(torch.arange(9.0), torch.arange(56.0), torch.arange(112.0), indexing="ij")
+    vol = (torch.cos(x * 0.11 + z * 0.7) * torch.sin(y * 0.05 - z * 0.3) + 0.5)[None, None]
+    with torch.no_grad():
+        out = net.trunk(vol)
+    got = out[0, :2].flatten().tolist()
+    assert out.shape == (1, cfg.channels()[4], 1, 3)
+    assert got == pytest.approx(PINNED_TRUNK, rel=1e-5)

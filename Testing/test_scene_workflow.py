@@ -226,9 +226,11 @@ def test_grading_and_comparison_wiring_matches_the_model_run_directly(shown, tmp
     for r, p in zip(results, direct):
         assert r.probabilities == pytest.approx(p.tolist(), abs=1e-5)
         assert r.grade == int(np.argmax(p)) + 1
-    embedder = VGGMNet(cfg, 7, (224, 224))
-    ckpt.save_checkpoint(tmp_path / "pre", embedder, {"task": "pretrain", "model": cfg.to_dict(),
-                                                       "num_classes": 7, "in_hw": [224, 224]})
+    from SpineSSLLib.models import SiameseNet
+
+    embedder = SiameseNet(VGGMNet(cfg, 7, (224, 224)), 16)   # as pretraining saves it: projection head included
+    ckpt.save_checkpoint(tmp_path / "pre", embedder, {"task": "pretrain", "model": cfg.to_dict(), "num_classes": 7,
+                                                       "in_hw": [224, 224], "loss": {"projection": 16}})
     same = S.compare_volumes(vols, vols, tmp_path / "pre", threshold=0.5, device="cpu")
     assert [r.name for r in same] == list(LEVEL_NAMES)
     assert all(r.distance == pytest.approx(0.0, abs=1e-4) and r.same for r in same)

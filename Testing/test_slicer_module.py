@@ -19,6 +19,9 @@ from SpineSSLLib.cli import main as cli
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE = REPO / "SpineSSL" / "SpineSSL.py"
+LOGIC = REPO / "SpineSSL" / "SpineSSLModuleLib" / "logic.py"
+JOBS = REPO / "SpineSSL" / "SpineSSLModuleLib" / "jobs.py"
+DEPENDENCIES = REPO / "SpineSSL" / "SpineSSLModuleLib" / "dependencies.py"
 BATCH = REPO / "SpineSSL" / "Scripts" / "SpineSSLBatch.py"
 FIGURES = REPO / "SpineSSL" / "Scripts" / "SpineSSLFigures.py"
 UI = REPO / "SpineSSL" / "Resources" / "UI" / "SpineSSL.ui"
@@ -118,8 +121,8 @@ def test_batch_main_exit_codes(cohort, tmp_path):
 
 # --- static checks of what only real Slicer runs ---------------------------------------------
 
-def _module_tree():
-    return ast.parse(MODULE.read_text(), filename=str(MODULE))
+def _module_tree(path=MODULE):
+    return ast.parse(path.read_text(), filename=str(path))
 
 
 def _ui_widgets():
@@ -134,8 +137,8 @@ def _ui_widgets():
 
 
 def test_module_parameter_node_fields_match_the_ui_and_every_ui_reference_exists():
-    tree = _module_tree()
-    wrapper = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SpineSSLParameterNode")
+    tree, logic = _module_tree(), _module_tree(LOGIC)
+    wrapper = next(n for n in logic.body if isinstance(n, ast.ClassDef) and n.name == "SpineSSLParameterNode")
     assert any(ast.unparse(d) == "parameterNodeWrapper" for d in wrapper.decorator_list)
     fields = {n.target.id for n in wrapper.body if isinstance(n, ast.AnnAssign)}
     widgets, params = _ui_widgets()
@@ -144,36 +147,87 @@ def test_module_parameter_node_fields_match_the_ui_and_every_ui_reference_exists
                   and isinstance(n.value, ast.Attribute) and n.value.attr == "ui"}
     missing = sorted(referenced - set(widgets))
     assert not missing, f"SpineSSL.py uses ui widgets that the .ui lacks: {missing}"
-    # every parameter the logic reads exists in the parameter node
-    used = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
-            and n.value.id == "p"}
+    # every parameter the widget and the logic read exists in the parameter node
+    used = {n.attr for t in (tree, logic) for n in ast.walk(t) if isinstance(n, ast.Attribute)
+            and isinstance(n.value, ast.Name) and n.value.id == "p"}
     assert used <= fields | {"GetID"}, used - fields
 
 
 def test_module_template_shape_sample_data_dependencies_and_subprocess():
-    src = MODULE.read_text()
-    tree = _module_tree()
-    funcs = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+    src = MODULE.read_text() + LOGIC.read_text()
+    funcs = {n.name for t in (_module_tree(), _module_tree(LOGIC)) for n in ast.walk(t) if isinstance(n, ast.FunctionDef)}
     for name in ("registerSampleData", "ensureDependencies", "startCli", "stopCli", "onCancel", "extract", "grade",
                  "compare", "loadSyntheticSubject", "runTest", "test_sample_extract_and_outputs"):
         assert name in funcs, name
     assert "registerCustomSampleDataSource" in src and "startupCompleted()" in src
     assert "PyTorchUtils" in src and "installTorch" in src and "confirmOkCancelDisplay" in src
-    assert "launchConsoleProcess" in src and '"SPINESSL_PROGRESS": "lines"' in src and "PythonSlicer" in src
+    jobs = JOBS.read_text()
+    assert "launchConsoleProcess" in src and '"SPINESSL_PROGRESS": "lines"' in jobs and "PythonSlicer" in jobs
     # no heavy import at module import time: torch/SpineSSLLib only inside functions
-    top = {a.name.split(".")[0] for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))
-           for a in n.names} | {n.module.split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom) and n.module}
-    assert not top & {"torch", "SpineSSLLib", "monai", "numpy"}
+    for path in (MODULE, LOGIC, JOBS, DEPENDENCIES):
+        body = ast.parse(path.read_text()).body
+        top = {a.name.split(".")[0] for n in body if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names} | {
+            n.module.split(".")[0] for n in body if isinstance(n, ast.ImportFrom) and n.module}
+        assert not top & {"torch", "SpineSSLLib", "monai", "numpy", "psutil"}, (path.name, top)
     cmake = (REPO / "SpineSSL" / "CMakeLists.txt").read_text()
-    assert "Scripts/${MODULE_NAME}Batch.py" in cmake
+    helpers = sorted(p.relative_to(MODULE.parent).as_posix() for p in (MODULE.parent / "SpineSSLModuleLib").glob("*.py"))
+    for f in [h.replace("SpineSSL", "${MODULE_NAME}", 1) for h in helpers] + [
+            "Scripts/${MODULE_NAME}Batch.py", "Resources/SegmentationCategoryTypeModifier-${MODULE_NAME}.term.json"]:
+        assert f in cmake, f
+    # Slicer loads every .py file directly in a scripted-module folder as a module: helpers go in a package
+    assert sorted(p.name for p in MODULE.parent.glob("*.py")) == ["SpineSSL.py"]
+
+
+def _cmake_glob_recurse_files():
+    """The files the top CMakeLists installs as the backend package: its GLOB_RECURSE evaluated by
+    cmake itself (script mode) when cmake is installed, else by the same rule in Python (every
+    file below the pattern's folder whose name matches the pattern's last part)."""
+    import fnmatch
+    import re
+    import shutil
+    import subprocess
+
+    text = (REPO / "CMakeLists.txt").read_text()
+    call = re.search(r"file\(GLOB_RECURSE \w+ RELATIVE \$\{CMAKE_CURRENT_SOURCE_DIR\}([^)]*)\)", text)
+    assert call, "the CMakeLists no longer globs the backend files"
+    patterns = call.group(1).split()
+    if shutil.which("cmake"):
+        script = (f'set(CMAKE_CURRENT_SOURCE_DIR "{REPO}")\n'
+                  f"file(GLOB_RECURSE F RELATIVE ${{CMAKE_CURRENT_SOURCE_DIR}} {' '.join(patterns)})\n"
+                  'foreach(f ${F})\n  message("${f}")\nendforeach()\n')
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / "glob.cmake").write_text(script)
+            out = subprocess.run(["cmake", "-P", str(Path(d) / "glob.cmake")], capture_output=True, text=True, cwd=REPO)
+        assert out.returncode == 0, out.stderr
+        return {line.strip() for line in out.stderr.splitlines() if line.strip()}
+    found = set()
+    for pattern in patterns:
+        folder, name = pattern.rsplit("/", 1)
+        for path in (REPO / folder).rglob("*"):
+            if path.is_file() and fnmatch.fnmatchcase(path.name, name):
+                found.add(path.relative_to(REPO).as_posix())
+    return found
+
+
+def test_cmake_installs_every_backend_file_the_python_package_has():
+    """Defect 4: only SpineSSLLib/*.py was installed, so the bundled detector was missing."""
+    import fnmatch
+    import subprocess
+    import tomllib
+
+    installed = _cmake_glob_recurse_files()
+    tracked = subprocess.run(["git", "ls-files", "SpineSSLLib"], capture_output=True, text=True, cwd=REPO).stdout.split()
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["SpineSSLLib"]
+    needed = {f for f in tracked if f.endswith(".py")
+              or any(fnmatch.fnmatchcase(f, "SpineSSLLib/" + pattern) for pattern in data)}
+    assert any("models_data/detector/model.safetensors" in f for f in needed)
+    assert needed <= installed, sorted(needed - installed)
 
 
 def test_progress_lines_of_a_real_cli_run_drive_the_progress_parser(synth_run):
-    tree = _module_tree()
-    fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "parseProgressLine")
-    ns = {}
-    exec(compile(ast.Module(body=[fn], type_ignores=[]), str(MODULE), "exec"), ns)
-    parse = ns["parseProgressLine"]
+    parse = _load_script(JOBS).parse_progress  # the module's parseProgressLine
     _, stdout = synth_run
     parsed = [parse(line) for line in stdout.splitlines()]
     progress = [p for p in parsed if p is not None]
@@ -224,7 +278,7 @@ def test_batch_grades_with_a_model_checkpoint(cohort, tmp_path):
     lst.write_text(f"image,levels\n{cohort / doc['dicom_dir']},{truth}\n")
     out = tmp_path / "out"
     assert batch.main(["--list", str(lst), "--out", str(out), "--model", str(tmp_path / "grading"),
-                       "--device", "cpu"]) == 0
+                       "--device", "cpu", "--save-volume"]) == 0
     (d,) = [p for p in out.iterdir() if p.is_dir()]
     scene = slicer.vtkMRMLScene()
     rows = S.results_from_table(S.load_table(scene, d / f"{d.name}.csv"))
@@ -234,4 +288,9 @@ def test_batch_grades_with_a_model_checkpoint(cohort, tmp_path):
     for r in rows:
         assert sum(r.probabilities) == pytest.approx(1.0, abs=1e-4)
         assert r.grade == int(np.argmax(r.probabilities)) + 1 and tags[r.name] == str(r.grade)
+    # the user guide's panel figure: slice, table and plot views from these outputs
+    figures = _load_script(FIGURES)
+    assert figures.main([str(out), "--out", str(tmp_path / "img"), "--panel"]) == 0
+    png = (tmp_path / "img" / "slicer_module_panel.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
     assert batch.main(["--list", str(lst), "--out", str(out), "--model", str(tmp_path / "nothing")]) == 2

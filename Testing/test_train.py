@@ -19,7 +19,7 @@ progress.set_enabled(False)
 
 
 def test_plateau_schedule_lowers_then_stops():
-    cfg = T.TrainConfig(patience=2, max_lr_drops=1)
+    cfg = T.TrainConfig(patience=2, max_lr_drops=1, schedule="plateau")
     p = T.Plateau()
     seq = [1.0, 0.9, 0.95, 0.95, 0.8, 0.85, 0.85, 0.9]
     out = [p.step(v, e, cfg) for e, v in enumerate(seq)]
@@ -71,9 +71,12 @@ def test_tiny_run_overfits(tmp_path):
     assert json.loads((tmp_path / "fit.json").read_text())["device"] == "cpu"
 
 
-def test_resume_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize("schedule", [dict(optimizer="sgd", schedule="plateau", lr=0.01),
+                                      dict(optimizer="adamw", schedule="cosine", lr=1e-3, warmup_epochs=1.5)])
+def test_resume_equals_uninterrupted(tmp_path, schedule):
+    """SGD + plateau drops, and AdamW + warm-up/cosine (a schedule computed from the step count)."""
     ds = _task(seed=1)
-    kw = dict(lr=0.01, batch_size=4, patience=1, max_lr_drops=5, device="cpu")   # exercise lr drops too
+    kw = dict(batch_size=4, patience=1, max_lr_drops=5, device="cpu", **schedule)   # exercise lr drops too
     a = _model()
     T.fit(a, _loss, T.make_loader(ds, 4, shuffle=True), T.make_loader(ds, 4, shuffle=False),
           T.TrainConfig(max_epochs=4, **kw), tmp_path / "a", checkpoint_config={})
@@ -126,7 +129,7 @@ def test_tiny_siamese_run_overfits(tmp_path):
     separate same from different subjects perfectly and the levels are all right."""
     from SpineSSLLib import data as D
     from SpineSSLLib import evaluate as E
-    from SpineSSLLib.commands.pretrain import PretrainConfig, run_pretraining
+    from SpineSSLLib.pretrain import load_config, run_pretraining
     from SpineSSLLib.models import SiameseNet, VGGMNet
     from SpineSSLLib import checkpoint as ckpt
 
@@ -134,14 +137,17 @@ def test_tiny_siamese_run_overfits(tmp_path):
     rows = D.read_vb_table(tmp_path / "c")
     D.write_splits(tmp_path / "splits.json", D.Splits(0, (1, 0, 0), {"train": sorted({r.subject_key for r in rows}),
                                                                    "val": [], "test": []}))
-    cfg = PretrainConfig(model={"preset": "small", "width": 0.0625, "fc6": 32, "fc7": 16, "input_scale": 0.25,
-                                "dropout": 0.0},
-                         train={"lr": 0.01, "max_epochs": 40, "batch_size": 8, "num_workers": 0, "device": "cpu",
-                                "patience": 100},
-                         loss={"margin": 1.0}, augment={"enabled": False})
+    cfg = load_config(overrides={"model": {"preset": "small", "width": 0.0625, "fc6": 32, "fc7": 16,
+                                           "input_scale": 0.25, "dropout": 0.0, "norm": "lrn", "init": "fan_out"},
+                                 "train": {"lr": 0.01, "max_epochs": 40, "batch_size": 8, "num_workers": 0,
+                                           "device": "cpu", "patience": 100, "optimizer": "sgd",
+                                           "schedule": "plateau", "weight_decay": 5e-4, "grad_clip": 0.0},
+                                 "loss": {"objective": "contrastive", "margin": 1.0, "normalize": False,
+                                          "projection": 0},
+                                 "pairs": {"self_pairs": 0.0}, "augment": {"enabled": False}})
     s = run_pretraining(tmp_path / "c", tmp_path / "o", cfg, splits_path=tmp_path / "splits.json", progress=False)
     assert s["epochs"] == 40 and s["positive_pairs"]["train"] == 12   # subject 0 has 3 visits
-    model_cfg = cfg.build()[0]
+    model_cfg = cfg.model
     model = SiameseNet(VGGMNet(model_cfg, 7))
     ckpt.load_checkpoint(tmp_path / "o" / "last", model)
     cache = D.VolumeCache(tmp_path / "c", rows, model_cfg.net_hw((224, 224)), progress=False)
@@ -226,7 +232,10 @@ def test_ddp_two_processes_gloo(tmp_path):
         port = s.getsockname()[1]
     mp.spawn(_ddp_worker, args=(2, port, tmp_path), nprocs=2, join=True)
     a, b = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    params = {k for k, _ in _model().named_parameters()}
+    assert all(torch.equal(a[k], b[k]) for k in params)   # gradients were averaged across ranks
+    # batch-norm statistics: rank 0's are broadcast at every forward (SyncBatchNorm on CUDA); after
+    # the last step each rank holds its own, and only rank 0's are saved
     rows = list(csv.DictReader(open(tmp_path / "out" / "log.csv")))
     assert len(rows) == 2
     assert json.loads((tmp_path / "out" / "fit.json").read_text())["world_size"] == 2

@@ -45,7 +45,7 @@ def main(argv=None) -> int:
         ("bf16_contiguous", paper, True, torch.bfloat16, False, False, None),
         ("bf16_conv1_fp32", paper, True, torch.bfloat16, False, True, conv1_fp32),
         ("bf16_contiguous_conv1_fp32", paper, True, torch.bfloat16, False, False, conv1_fp32),
-        ("cudnn_benchmark_bf16_no_lrn", ModelConfig.preset("paper", lrn=False), True, torch.bfloat16, False, True, None),
+        ("cudnn_benchmark_bf16_no_lrn", ModelConfig.preset("paper", norm="none"), True, torch.bfloat16, False, True, None),
         ("cudnn_benchmark_tf32", paper, True, None, False, True, None),
         ("tf32_contiguous", paper, True, None, False, False, None),
         ("cudnn_benchmark_bf16_compile", paper, True, torch.bfloat16, True, True, None),

@@ -136,7 +136,7 @@ def main(argv=None) -> int:
     from benchmarks import machine
     from SpineSSLLib import data as D
     from SpineSSLLib import progress
-    from SpineSSLLib.commands.pretrain import PretrainConfig, run_pretraining
+    from SpineSSLLib.pretrain import load_config, run_pretraining
     from SpineSSLLib.models import ModelConfig, describe
 
     progress.set_enabled(False)
@@ -156,9 +156,9 @@ def main(argv=None) -> int:
                              for w, aug in ((0, False), (0, True), (args.workers, True))]
     res["input_vs_model"] = res["input_pipeline"][-1]["pairs_per_s"] / res["model_only_small_cpu"]["pairs_per_s"]
 
-    cfg = PretrainConfig(model={"preset": "small"},
-                         train={"lr": args.lr, "max_epochs": args.epochs, "batch_size": args.batch,
-                                "num_workers": args.workers, "device": "cpu", "patience": 100})
+    cfg = load_config(overrides={"model.preset": "small", "train.lr": args.lr, "train.max_epochs": args.epochs,
+                                 "train.batch_size": args.batch, "train.num_workers": args.workers,
+                                 "train.device": "cpu", "train.patience": 100})
     t0 = time.perf_counter()
     summary = run_pretraining(args.cohort, out / "run", cfg, progress=False)
     res["pretrain"] = {"seconds": time.perf_counter() - t0, **summary, "lr": args.lr, "batch_pairs": args.batch}

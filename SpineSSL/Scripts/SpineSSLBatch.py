@@ -173,10 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def model_grader(model_dir: Path, device: str = "auto"):
     """ScanVolumes -> per-disc results with a grading checkpoint (checked once, up front)."""
-    from SpineSSLLib import grading
+    from SpineSSLLib import checkpoint as ckpt
     from SpineSSLLib import scene as S
 
-    model_dir = grading.resolve_checkpoint_dir(model_dir)
+    model_dir = ckpt.resolve(model_dir, "grading")
     return lambda volumes: S.grade_volumes(volumes, model_dir, device=device)
 
 

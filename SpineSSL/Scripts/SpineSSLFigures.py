@@ -1,6 +1,7 @@
 """Figures for the user guide from real SpineSSL module outputs (no Slicer window needed).
 
     python SpineSSL/Scripts/SpineSSLFigures.py BATCH_OUT --out docs/images
+    python SpineSSL/Scripts/SpineSSLFigures.py BATCH_OUT --out docs/images --panel   # one scan, as the panel shows it
 
 ``BATCH_OUT`` is a folder written by ``SpineSSLBatch.py --save-volume``: per scan ``<key>.nrrd``,
 ``<key>.seg.nrrd``, ``<key>.mrk.json`` and ``<key>.csv``.  All files are read back through
@@ -57,6 +58,59 @@ def scan_panel(ax, folder: Path, title: str | None = None):
     ax.set_axis_off()
 
 
+def panel_views(fig, folder: Path, title: str):
+    """The views the module fills after Grade, from one scan's saved outputs read back into MRML
+    nodes: the slice view (scan, segments, levels), the table view (``V grades``) and the plot
+    view (``V probabilities``: the plot chart node built from the table, series by series)."""
+    import numpy as np
+    import slicer
+
+    from SpineSSLLib import scene as S
+
+    key = folder.name
+    grid = fig.add_gridspec(2, 2, width_ratios=[1.0, 1.35], height_ratios=[1.0, 1.0])
+    scan_panel(fig.add_subplot(grid[:, 0]), folder, f"Slice view: {title}")
+    sc = slicer.vtkMRMLScene()
+    table_node = S.load_table(sc, folder / f"{key}.csv", f"{key} grades")
+    chart = S.plot_from_table(sc, table_node, f"{key} probabilities")
+    table = table_node.GetTable()
+    columns = [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())]
+    shown = [c for c in columns if c in ("level", "grade") or c.startswith("p_grade")]
+    cells = []
+    for r in range(table.GetNumberOfRows()):
+        row = []
+        for c in shown:
+            text = table.GetValueByName(r, c).ToString()
+            row.append(f"{float(text):.2f}" if c.startswith("p_grade") and text not in ("", "nan") else text)
+        cells.append(row)
+    ax = fig.add_subplot(grid[0, 1])
+    ax.set_axis_off()
+    ax.set_title(f"Table view: node '{table_node.GetName()}'", fontsize=9)
+    t = ax.table(cellText=cells, colLabels=[c.replace("p_grade", "p(grade ") + (")" if c.startswith("p_") else "")
+                                            for c in shown], loc="center", cellLoc="center")
+    t.auto_set_font_size(False)
+    t.set_fontsize(7.5)
+    t.scale(1.0, 1.25)
+    ax = fig.add_subplot(grid[1, 1])
+    n = chart.GetNumberOfPlotSeriesNodes()
+    width = 0.8 / max(n, 1)
+    labels = None
+    for i in range(n):
+        series = chart.GetNthPlotSeriesNode(i)
+        x = [float(table.GetValueByName(r, series.GetXColumnName()).ToDouble()) for r in range(table.GetNumberOfRows())]
+        y = [float(table.GetValueByName(r, series.GetYColumnName()).ToDouble()) for r in range(table.GetNumberOfRows())]
+        labels = [table.GetValueByName(r, series.GetLabelColumnName()).ToString() for r in range(table.GetNumberOfRows())]
+        ax.bar(np.array(x) + (i - (n - 1) / 2) * width, y, width, color=series.GetColor(),
+               label=" ".join(series.GetName().split()[-2:]))
+    if labels:
+        ax.set_xticks(range(len(labels)), labels, fontsize=7.5)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel(chart.GetYAxisTitle(), fontsize=8)
+    ax.tick_params(labelsize=7.5)
+    ax.legend(fontsize=7, ncol=4, loc="upper left", frameon=False)
+    ax.set_title(f"Plot view: node '{chart.GetName()}'", fontsize=9)
+
+
 def main(argv=None) -> int:
     import matplotlib
 
@@ -68,8 +122,11 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("batch_out", type=Path)
     p.add_argument("--out", type=Path, default=Path("docs/images"))
-    p.add_argument("--name", default="slicer_module_outputs.png")
+    p.add_argument("--name", default=None, help="file name (default slicer_module_outputs.png, with --panel "
+                                                "slicer_module_panel.png)")
+    p.add_argument("--panel", action="store_true", help="the first scan's slice, table and plot views")
     args = p.parse_args(argv)
+    args.name = args.name or ("slicer_module_panel.png" if args.panel else "slicer_module_outputs.png")
     import csv
 
     order = []
@@ -82,11 +139,21 @@ def main(argv=None) -> int:
         print(f"{args.batch_out}: no scan folders with <key>.nrrd (run SpineSSLBatch.py --save-volume)",
               file=sys.stderr)
         return 2
-    fig, axes = plt.subplots(1, len(folders), figsize=(4.2 * len(folders), 5.2), squeeze=False)
-    for n, (ax, folder) in enumerate(zip(axes[0], folders)):
-        scan_panel(ax, folder, f"scan {n + 1} ({folder.name})")
-    fig.suptitle("SpineSSL outputs over the mid-sagittal slice: levels (cyan), VB and disc segments "
-                 "(discs coloured by grade)", fontsize=9)
+    if args.panel:
+        if not (folders[0] / f"{folders[0].name}.csv").is_file():
+            print(f"{folders[0]}: no grades table (run SpineSSLBatch.py with --model or on a synthetic cohort)",
+                  file=sys.stderr)
+            return 2
+        fig = plt.figure(figsize=(11.5, 6.2))
+        panel_views(fig, folders[0], f"scan 1 ({folders[0].name})")
+        fig.suptitle("SpineSSL after Grade: levels (cyan), vertebral-body and disc segments (discs coloured by "
+                     "grade), the grades table and the class-probability chart", fontsize=9)
+    else:
+        fig, axes = plt.subplots(1, len(folders), figsize=(4.2 * len(folders), 5.2), squeeze=False)
+        for n, (ax, folder) in enumerate(zip(axes[0], folders)):
+            scan_panel(ax, folder, f"scan {n + 1} ({folder.name})")
+        fig.suptitle("SpineSSL outputs over the mid-sagittal slice: levels (cyan), VB and disc segments "
+                     "(discs coloured by grade)", fontsize=9)
     fig.tight_layout()
     with atomic.atomic_path(args.out / args.name) as tmp:
         fig.savefig(tmp, dpi=130)

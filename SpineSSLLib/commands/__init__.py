@@ -1,5 +1,5 @@
 """``spine-ssl`` subcommands, one module each (see ``SpineSSLLib.cli``)."""
 
 # Order in ``spine-ssl --help``: the pipeline order.
-ORDER = ["info", "synth", "index", "extract", "detect-train", "detect", "pretrain", "eval-pairs",
-         "grade-train", "grade", "reproduce", "audit-outputs"]
+ORDER = ["info", "synth", "synth-alt", "index", "extract", "merge", "detect-train", "detect", "pretrain", "eval-pairs",
+         "probe", "grade-train", "grade", "reproduce", "reid-audit", "audit-outputs"]

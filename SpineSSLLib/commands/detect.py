@@ -116,8 +116,13 @@ def run(args) -> int:
         write_report(summary, out / "evaluation.json", out / "evaluation.png")
         cm = summary["centroid_mm"]["mean"]
         print(f"vs reference ({len(results)} scans): mean centroid error "
-              f"{'n/a' if cm is None else f'{cm:.2f} mm'}, labelling accuracy {summary['labelling_accuracy']}, "
-              f"all levels right in {summary['scans_all_correct']} of scans")
+              f"{'n/a' if cm is None else f'{cm:.2f} mm'}, labelling accuracy {_pct(summary['labelling_accuracy'])}, "
+              f"all levels right in {_pct(summary['scans_all_correct'])} of scans")
         if errors:
             atomic.write_csv(out / "errors.csv", errors, ["scan", "stage", "error", "message"])
     return 1 if errors else 0
+
+
+def _pct(fraction) -> str:
+    """A fraction printed as a percentage with one decimal (``n/a`` when unknown)."""
+    return "n/a" if fraction is None else f"{100 * fraction:.1f} %"

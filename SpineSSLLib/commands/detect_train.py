@@ -177,6 +177,7 @@ def _evaluate(det, split, mapping, out) -> list[dict]:
     """Evaluate ``det`` on the held-out test subjects: OUT/evaluation.json + .png (and
     OUT/errors.csv when scans could not be read); returns the error rows."""
     from ..detect.evaluate import evaluate_cases, write_report
+    from .detect import _pct
 
     summary, errs = evaluate_cases(det, split["test"], mapping, desc="evaluating held-out scans")
     example = summary.pop("_example")
@@ -186,7 +187,7 @@ def _evaluate(det, split, mapping, out) -> list[dict]:
     rows = [{"scan": "", "stage": "detect-train/test", "error": "SpineSSLError", "message": m} for m in errs]
     cm = summary["centroid_mm"]["mean"]
     print(f"held-out: {summary['n_scans']} scans, mean centroid error "
-          f"{cm if cm is None else round(cm, 2)} mm, labelling accuracy "
-          f"{summary['labelling_accuracy']}, all levels right in {summary['scans_all_correct']} of scans "
+          f"{'n/a' if cm is None else f'{cm:.2f}'} mm, labelling accuracy "
+          f"{_pct(summary['labelling_accuracy'])}, all levels right in {_pct(summary['scans_all_correct'])} of scans "
           f"-> {out / 'evaluation.json'}")
     return rows

@@ -98,7 +98,7 @@ def run(args) -> int:
         levels = _load_levels(args.levels, args.levels_kind, scan, args.label_mapping)
         sv = extract_scan(scan, levels)
         doc = grading.grade_volumes(gm, sv.ivd, sv.ivd_present, sv.discs, sv.ivd_affine, tta)
-        doc["issues"] = list(sv.issues) + list(levels.issues)
+        doc["issues"] = list(sv.issues)  # extract_scan already carries the level set's issues
         ivd = sv.ivd
     if args.onnx:
         import time

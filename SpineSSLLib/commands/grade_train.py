@@ -7,34 +7,45 @@ DESCRIPTION = (
     "layers) on the graded discs of an extracted cohort (volumes.csv). Subjects are split "
     "670/50/200 (scaled): test subjects have one scan and are outside the pretraining train/val "
     "split. Writes the model (best/), log.csv, test_metrics.json, test_predictions.csv and "
-    "confusion.png to --out.")
+    "confusion.png to --out. Recipes: 'default' (AdamW + cosine) and 'paper' (SGD, lr /10 on plateau).")
+
+OVERRIDES = {"mode": "transfer.mode", "pretrained": "transfer.pretrained", "fc_init": "transfer.fc_init",
+             "preset": "model.preset", "seed": "train.seed", "epochs": "train.max_epochs",
+             "batch_size": "train.batch_size", "lr": "train.lr", "optimizer": "train.optimizer",
+             "schedule": "train.schedule", "patience": "train.patience", "device": "train.device",
+             "amp": "train.amp", "workers": "train.num_workers"}
 
 
 def add_arguments(parser):
     from ..grading import MODES
+    from ..grading.train import RECIPES
 
     parser.add_argument("cohort", help="cohort folder with volumes.csv (from `spine-ssl extract`)")
     parser.add_argument("--out", required=True, help="output folder for the grading model and reports")
-    parser.add_argument("--mode", choices=MODES, default="ssl-frozen",
+    parser.add_argument("--config", help="JSON config file (keys: model, train, augment, transfer, recipe)")
+    parser.add_argument("--recipe", choices=list(RECIPES), help="starting values (default: 'default')")
+    parser.add_argument("--mode", choices=MODES,
                         help="initialisation of the conv layers (default ssl-frozen, the paper's main mode)")
     parser.add_argument("--pretrained", help="checkpoint folder with the conv weights (ssl-* and supervised modes)")
     parser.add_argument("--pretrain-splits", help="the pretraining splits file (keeps test subjects out of "
                         "pretraining); default: splits.json beside the pretrained checkpoint, if any")
-    parser.add_argument("--preset", choices=("paper", "small"), default="paper",
+    parser.add_argument("--preset", choices=("paper", "small"),
                         help="network size for scratch / frozen-random (pretrained modes use the checkpoint's)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the fc initialisation and data order")
+    parser.add_argument("--seed", type=int, help="seed of the fc initialisation and data order (default 0)")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the subject split")
-    parser.add_argument("--epochs", type=int, default=2000, help="maximum epochs (plateau stopping ends earlier)")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--patience", type=int, default=10, help="epochs without validation progress before lr/10")
-    parser.add_argument("--fc-init", choices=("data", "he"), default="data",
-                        help="data: rescale the new fc6/fc7 to unit pre-activation spread on training discs "
-                        "(default); he: the network's own initialisation")
+    parser.add_argument("--epochs", type=int, help="maximum epochs")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--optimizer", choices=("adamw", "sgd"))
+    parser.add_argument("--schedule", choices=("cosine", "plateau"))
+    parser.add_argument("--patience", type=int, help="plateau schedule: epochs without validation progress before lr/10")
+    parser.add_argument("--fc-init", choices=("data", "he"),
+                        help="data: rescale the new fc layers to unit pre-activation spread on training discs "
+                        "(frozen modes; default); he: the network's own initialisation")
     parser.add_argument("--no-augment", action="store_true", help="switch the training augmentations off")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
-    parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"))
-    parser.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
+    parser.add_argument("--device", help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
+    parser.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"))
+    parser.add_argument("--workers", type=int, help="data-loader worker processes")
     parser.add_argument("--tta", action="store_true", help="also report test metrics with test-time augmentation")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
 
@@ -46,10 +57,9 @@ def _default_pretrain_splits(pretrained):
         return None
     p = Path(pretrained)
     try:  # pretraining checkpoints record where their splits file is
-        from ..grading import resolve_checkpoint_dir
         from .. import checkpoint as ckpt
 
-        rec = (ckpt.read_meta(resolve_checkpoint_dir(p)).get("config") or {}).get("splits")
+        rec = (ckpt.read_meta(ckpt.resolve(p)).get("config") or {}).get("splits")
         if rec and Path(rec).is_file():
             return Path(rec)
     except Exception:  # noqa: BLE001 - a missing/odd record falls back to looking beside it
@@ -62,24 +72,20 @@ def _default_pretrain_splits(pretrained):
 
 def run(args) -> int:
     import json
+    from pathlib import Path
 
     from .. import grading
+    from ..grading.train import load_config
 
-    cfg = grading.GradeTrainConfig(mode=args.mode, model_preset=args.preset, pretrained=args.pretrained,
-                                   seed=args.seed, augment=not args.no_augment, lr=args.lr,
-                                   batch_size=args.batch_size, max_epochs=args.epochs, patience=args.patience,
-                                   device=args.device, amp=args.amp, num_workers=args.workers,
-                                   fc_init=args.fc_init)
+    overrides = {key: getattr(args, flag) for flag, key in OVERRIDES.items()}
+    if args.no_augment:
+        overrides["augment.enabled"] = False
+    cfg = load_config(args.config, overrides, args.recipe)
     if args.resume:  # a run made with other sizes is refused before anything is read or written
-        from pathlib import Path
-
         from .. import checkpoint as ckpt
-        from ..models import ModelConfig
 
-        mcfg = (grading.pretrained_model_config(grading.resolve_checkpoint_dir(cfg.pretrained)) if cfg.pretrained
-                else ModelConfig.preset(cfg.model_preset, **cfg.model_overrides))
-        ckpt.check_model_config(Path(args.out) / "last", mcfg.to_dict())
-    splits_file = args.pretrain_splits or _default_pretrain_splits(args.pretrained)
+        ckpt.check_model_config(Path(args.out) / "last", cfg.resolved_model().to_dict())
+    splits_file = args.pretrain_splits or _default_pretrain_splits(cfg.transfer.pretrained)
     records = grading.read_ivd_table(args.cohort)
     pre = grading.read_pretrain_splits(splits_file) if splits_file else {}
     splits = grading.make_grading_splits(records, pre, seed=args.split_seed)

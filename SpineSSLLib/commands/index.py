@@ -16,14 +16,19 @@ def add_arguments(parser):
     parser.add_argument("--config", help="JSON file with series-selection rules (see docs/extraction.md)")
     parser.add_argument("--families", help="CSV with a patient/subject id column and a family/twin id column")
     parser.add_argument("--table", help="for NIfTI/NRRD/MHA cohorts: CSV with columns file (relative to ROOT), "
-                        "subject, date or interval_days, optional family")
+                        "subject, date or interval_days, optional family, sex (M/F), age (years)")
+    parser.add_argument("--shard", metavar="I/N", help="index only shard I of N (I from 0; whole subjects, by a stable "
+                        "hash) into C/shards/index-I-of-N/, then join with `spine-ssl merge C`.  Default: the Slurm "
+                        "array task (SLURM_ARRAY_TASK_ID of SLURM_ARRAY_TASK_COUNT) when set; 'none' turns it off")
 
 
 def run(args) -> int:
+    from .. import shard as S
     from ..index import IndexConfig, build_index
 
     cfg = IndexConfig.from_file(args.config) if args.config else IndexConfig()
-    res = build_index(args.root, args.out, cfg, families_csv=args.families, table=args.table)
+    shard = S.resolve(args.shard)
+    res = build_index(args.root, args.out, cfg, families_csv=args.families, table=args.table, shard=shard)
     by_status = {}
     for r in res.series:
         by_status[r["status"]] = by_status.get(r["status"], 0) + 1
@@ -39,5 +44,9 @@ def run(args) -> int:
         print(f"  rejected x{n}: {reason}")
     for e in res.errors[:10]:
         print(f"  error: {e['file']}: {e['message']}")
-    print(f"manifest: {args.out}/series.csv")
+    if shard is not None:
+        print(f"shard {shard}: manifest {S.shard_dir(args.out, 'index', shard)}/series.csv "
+              f"(join the shards with `spine-ssl merge {args.out}`)")
+    else:
+        print(f"manifest: {args.out}/series.csv")
     return 1 if res.errors else 0

@@ -85,7 +85,6 @@ def write_series(out_dir, array, affine, header: dict | None = None, *, series_u
     input twice gives byte-identical files.  ``file_names`` (K names, any extension or none)
     default to ``IM0001.dcm``...  Returns the written paths in slice-index order.
     """
-    import pydicom
     from pydicom.datadict import dictionary_VR, tag_for_keyword
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian
@@ -173,6 +172,18 @@ def write_series(out_dir, array, affine, header: dict | None = None, *, series_u
         ds.PixelData = np.ascontiguousarray(stored[k]).astype(stored.dtype.newbyteorder("<")).tobytes()
         path = out_dir / file_names[k]
         with atomic.atomic_path(path, suffix=".tmp") as tmp:
-            pydicom.dcmwrite(tmp, ds, enforce_file_format=True)
+            _dcmwrite(tmp, ds)
         paths.append(path)
     return paths
+
+
+def _dcmwrite(path, ds) -> None:
+    """Write ``ds`` as a DICOM Part 10 file (preamble, file meta, explicit VR little endian) with
+    pydicom 3 or pydicom 2.4 (the version Slicer 5.10 bundles; it has no ``enforce_file_format``)."""
+    import pydicom
+
+    if int(pydicom.__version__.split(".")[0]) >= 3:
+        pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    else:
+        ds.is_little_endian, ds.is_implicit_VR = True, False
+        pydicom.dcmwrite(path, ds, write_like_original=False)

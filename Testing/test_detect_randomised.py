@@ -101,3 +101,20 @@ def test_heldout_generator_scan():
     for lv in levels:
         i, j, k = inv[:3, :3] @ lv.centroid + inv[:3, 3]
         assert 0 <= i < img.shape[2] and 0 <= j < img.shape[1] and -0.5 <= k <= img.shape[0] - 0.5
+
+
+def test_training_code_uses_neither_held_out_generator():
+    """Both held-out generators stay out of training and calibration: detect/heldout (this
+    detector's own) and synth_alt (the evaluation-only cohort generator) are not mentioned by
+    the training data, training loop, calibration, detect-train or make_detector.sh."""
+    import re
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    lib = repo / "SpineSSLLib"
+    files = sorted((lib / "detect" / "randomised").glob("*.py")) + [
+        lib / "detect" / n for n in ("training.py", "calibrate.py", "targets.py", "cases.py")] + [
+        lib / "commands" / "detect_train.py", repo / "scripts" / "make_detector.sh"]
+    offenders = [p.relative_to(repo).as_posix() for p in files
+                 if re.search(r"(import|from)\s+\S*heldout\b|detect\.heldout|synth[_-]alt", p.read_text())]
+    assert offenders == []

@@ -74,11 +74,36 @@ PRESETS = {
 }
 
 
-def build_network(cfg: DetectorConfig):
+def build_network(cfg: DetectorConfig, outputs: int | None = None):
     from monai.networks.nets import UNet
 
-    return UNet(spatial_dims=2, in_channels=cfg.in_channels, out_channels=len(CHANNELS),
+    return UNet(spatial_dims=2, in_channels=cfg.in_channels, out_channels=outputs or len(CHANNELS),
                 channels=cfg.channels, strides=cfg.strides, num_res_units=cfg.num_res_units, norm=cfg.norm)
+
+
+def _legacy_network(cfg: DetectorConfig, outputs: list[str]):
+    """A network whose model file has a subset of ``CHANNELS`` (e.g. a model made before the
+    ``above`` and ``sacrum`` classes: background, T12..S1, centre): its outputs are placed at
+    their ``CHANNELS`` positions, the classes it lacks get a logit of -1e4 (probability 0 after
+    the class softmax), so inference reads it like a current model."""
+    import torch
+
+    net = build_network(cfg, len(outputs))
+    index = [CHANNELS.index(n) for n in outputs]
+
+    class LegacyOutputs(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+            self.register_buffer("index", torch.tensor(index), persistent=False)
+
+        def forward(self, x):
+            y = self.net(x)
+            out = y.new_full((y.shape[0], len(CHANNELS)) + tuple(y.shape[2:]), -1e4)
+            out[:, self.index] = y
+            return out
+
+    return net, LegacyOutputs()
 
 
 def checkpoint_config(cfg: DetectorConfig, extra: dict | None = None) -> dict:
@@ -125,11 +150,15 @@ def load_detector(path=None, device: str = "cpu") -> Detector:
     conf = meta.get("config", {})
     if conf.get("task") != TASK:
         raise CheckpointError(f"model was made for task {conf.get('task')!r}, not detection", p)
-    if list(conf.get("outputs", [])) != list(CHANNELS):
+    outputs = list(conf.get("outputs", []))
+    if outputs != list(CHANNELS) and not (outputs and outputs[-1] == "centre" and set(outputs) <= set(CHANNELS)):
         raise CheckpointError("model outputs do not match this version's detector channels", p)
     cfg = DetectorConfig.from_dict(conf["detector"])
-    net = build_network(cfg)
-    ckpt.load_checkpoint(p, net, device="cpu")
+    if outputs == list(CHANNELS):
+        net = inner = build_network(cfg)
+    else:  # a model made before the current channels (e.g. without "above" / "sacrum")
+        inner, net = _legacy_network(cfg, outputs)
+    ckpt.load_checkpoint(p, inner, device="cpu")
     net.to(device).eval()
     from .calibrate import CALIBRATION_FILE, load_calibration
 

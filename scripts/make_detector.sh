@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
 # Reproduce the bundled vertebra detector (SpineSSLLib/models_data/detector) from scratch:
-#   bash scripts/make_detector.sh [WORK]       (about 70-90 min on 2 shared CPU cores)
+#   bash scripts/make_detector.sh [WORK]
+# Run time, measured 2026-11-29 on the 2-core development machine under a load average of 5-7 from
+# other work (not yet run end to end): the default network (channels 12..256, 5 down-samplings,
+# 1.5 M parameters) takes 6.7 s per batch of 8 at 192x128, so 30 epochs x 96 batches need about
+# 5.4 h; the 344 randomised scans about 8 s each to make (45 min), the 30-subject cohort 3-4 min,
+# the calibration scans about 12 min.  Plan on a GPU machine (`--device cuda`) or an idle
+# multi-core one.  The bundled model is still spinessl-detector-synthetic-v1 (see MODEL_CARD.md).
 # 1. a cohort of SpineSSL's own synthetic generator with randomised acquisition knobs (30 subjects,
 #    seed 11: 9-21 slices, obliquity up to 8 deg);
 # 2. `spine-ssl detect-train` on it mixed with 320 domain-randomised scans (70 % of the samples;

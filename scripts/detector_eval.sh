@@ -14,11 +14,11 @@ WORK=${1:-detector-eval}
 MODEL=${2:-}
 PY=${PYTHON:-python}
 THREADS=${THREADS:-1}
-HELDOUT_SCANS=${HELDOUT_SCANS:-80}
+HELDOUT_SCANS=${HELDOUT_SCANS:-40}
 M=()
 [ -n "$MODEL" ] && M=(--model "$MODEL")
 mkdir -p "$WORK"
-[ -f "$WORK/main2029/summary.json" ] || [ -d "$WORK/main2029/truth" ] || $PY -c "
+[ -d "$WORK/main2029/truth" ] || $PY -c "
 from SpineSSLLib.synth import generate_cohort
 from SpineSSLLib.synth.config import preset
 generate_cohort('$WORK/main2029', preset('tiny', subjects=60, slices=(11, 17), seed=2029))"

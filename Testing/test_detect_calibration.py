@@ -110,3 +110,36 @@ def test_bundled_confidence_orders_right_labels_above_wrong_ones():
     right, wrong = outcomes(det.config.assign)
     assert len(right) >= 10 and len(wrong) >= 3
     assert np.mean(wrong) < np.mean(right)
+
+
+def test_calibrate_model_writes_the_model_calibration_and_refuses_without_detections(tmp_path, monkeypatch):
+    """calibrate_model on randomised scans: a copy of the bundled model gets calibration.json
+    (read back by load_detector) and a reliability report; a model that detects nothing is
+    refused with a one-line error and no calibration file."""
+    import shutil
+
+    from SpineSSLLib.detect import infer
+    from SpineSSLLib.detect.calibrate import CALIBRATION_FILE, calibrate_model
+    from SpineSSLLib.detect.model import BUNDLED, load_detector
+    from SpineSSLLib.detect.targets import BACKGROUND, CHANNELS
+    from SpineSSLLib.errors import SpineSSLError
+
+    model = tmp_path / "m"
+    model.mkdir()
+    for f in ("checkpoint.json", "model.safetensors"):
+        shutil.copy(BUNDLED / f, model / f)
+    cal = calibrate_model(model, tmp_path / "cache", 5, 2, report=tmp_path / "report")
+    assert cal.info["n_levels"] > 0 and cal.info["fitted_on"] == "2 randomised scans, seed 5"
+    assert (model / CALIBRATION_FILE).is_file() and (tmp_path / "report" / "reliability.png").is_file()
+    assert load_detector(model).calibration.coef == pytest.approx(cal.coef)
+
+    def nothing(detector, image, batch_size=8):
+        maps = np.zeros((image.shape[0], len(CHANNELS)) + image.shape[1:], dtype=np.float32)
+        maps[:, BACKGROUND] = 1.0
+        return maps
+
+    (model / CALIBRATION_FILE).unlink()
+    monkeypatch.setattr(infer, "predict_maps", nothing)
+    with pytest.raises(SpineSSLError, match="nothing to calibrate"):
+        calibrate_model(model, tmp_path / "cache", 5, 2)
+    assert not (model / CALIBRATION_FILE).exists()

@@ -163,8 +163,13 @@ def run(args) -> int:
     if args.calibrate > 0:
         from ..detect.calibrate import calibrate_model
 
-        calibrate_model(out / "best", out / "randomised", args.randomised_seed + 2, args.calibrate,
-                        workers=max(1, args.workers), report=out / "calibration")
+        try:
+            calibrate_model(out / "best", out / "randomised", args.randomised_seed + 2, args.calibrate,
+                            workers=max(1, args.workers), report=out / "calibration")
+        except SpineSSLError as e:  # the trained model stays; it is just not calibrated
+            errors.append({"scan": "", "stage": "detect-train/calibrate", "error": type(e).__name__,
+                           "message": e.cause})
+            print(f"calibration skipped: {e.cause}")
     if split["test"]:
         errors += _evaluate(load_detector(out), split, mapping, out)
     if errors:

@@ -190,6 +190,11 @@ def calibrate_model(model_dir, cache_dir, seed: int, n: int, workers: int = 1, r
                 continue  # a level outside the image: neither right nor wrong
             rows.append((a.features(), ok))
             raw.append(pred.levels[name].confidence)
+    if not rows:
+        from ..errors import SpineSSLError
+
+        raise SpineSSLError(f"no level was detected on the {n} calibration scans: nothing to calibrate "
+                            "(is the model trained?)", model_dir)
     cal = fit_calibration(rows)
     ok = [c for _, c in rows]
     after = [cal.predict(f) for f, _ in rows]

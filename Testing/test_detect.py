@@ -10,6 +10,7 @@ import pytest
 
 from SpineSSLLib import LEVEL_NAMES
 from SpineSSLLib.cli import main
+from SpineSSLLib.detect.model import BUNDLED
 from SpineSSLLib.errors import CheckpointError, GeometryError
 from SpineSSLLib.io import Scan
 from SpineSSLLib.levels import Level, LevelSet
@@ -90,8 +91,8 @@ def test_grid_rejects_axial_stack(cases):
 
 def test_targets_regions_and_centre(cases):
     from SpineSSLLib.detect.grid import make_grid
-    from SpineSSLLib.detect.targets import (BACKGROUND, CENTRE, CHANNELS, FIRST_LEVEL, N_CLASSES,
-                                            level_geometry, slice_targets)
+    from SpineSSLLib.detect.targets import (ABOVE, BACKGROUND, CENTRE, FIRST_LEVEL, KNOWN, N_CLASSES, N_TARGETS,
+                                            SACRUM, level_geometry, slice_targets)
 
     case = cases[0]
     g = make_grid(case.scan, 2.0, 16)
@@ -99,8 +100,10 @@ def test_targets_regions_and_centre(cases):
     assert len(geom) == 7
     for lg in geom:
         t = slice_targets(geom, lg.mid_slice, g.shape, 2.0, 5.0, slice_mm=g.slice_mm)
-        assert t.shape == (len(CHANNELS),) + g.shape
-        assert np.allclose(t[:N_CLASSES].sum(axis=0), 1.0)  # one class per pixel
+        assert t.shape == (N_TARGETS,) + g.shape
+        n = t[:N_CLASSES].sum(axis=0)
+        known = t[KNOWN] > 0
+        assert np.allclose(n[known], 1.0) and (n[~known] >= 2).all()  # one class, or an allowed set
         r, c = int(round(lg.row)), int(round(lg.col))
         assert t[FIRST_LEVEL + lg.index, r, c] == 1.0
         region = t[FIRST_LEVEL + lg.index] > 0
@@ -110,6 +113,11 @@ def test_targets_regions_and_centre(cases):
         assert region.sum() == pytest.approx(area, rel=0.15)
         assert t[BACKGROUND, 0, 0] == 1.0
         assert t[CENTRE, r, c] > 0.8  # the centre map peaks at the centroid on the mid slice
+        assert t[KNOWN, r, c] == 1.0 and t[KNOWN].mean() < 1.0  # above T12 / below S1: a set
+        s1 = geom[-1]
+        below = (slice(int(s1.corners[:, 0].max()) + 4, None), int(round(s1.col)))  # under S1: the sacrum
+        assert (t[BACKGROUND][below] == 1).all() and (t[SACRUM][below] == 1).all()
+        assert (t[FIRST_LEVEL + 6][below] == 0).all() and (t[ABOVE][below] == 0).all()
         # the centre map falls off away from the body's mid-sagittal plane; the region stays
         far = lg.mid_slice + 3 if lg.mid_slice + 3 < g.n_slices else lg.mid_slice - 3
         t2 = slice_targets(geom, far, g.shape, 2.0, 5.0, slice_mm=g.slice_mm)
@@ -335,8 +343,42 @@ def test_detect_train_evaluate_only_scores_the_bundled_model_on_held_out_subject
     ev = json.loads((out / "evaluation.json").read_text())
     split = json.loads((out / "split.json").read_text())
     assert ev["split"] == {"train": 1, "val": 0, "test": 1} and len(split["test"]) == 1
-    assert ev["n_scans"] == 1 and ev["model"] == "spinessl-detector-synthetic-v1"
+    bundled = json.loads((BUNDLED / "checkpoint.json").read_text())["config"]["name"]
+    assert ev["n_scans"] == 1 and ev["model"] == bundled
     assert ev["labelling_accuracy"] == 1.0 and ev["centroid_mm"]["mean"] < 3.0
     assert not (out / "best").exists() and not (out / "log.csv").exists()
     rc = main(["-q", "detect-train", str(cohort), "--out", str(tmp_path / "x"), "--model", str(tmp_path)])
     assert rc == 2  # --model without --evaluate-only is refused
+
+
+def test_model_without_above_and_sacrum_classes_loads_as_the_current_channels(tmp_path):
+    """A model file made before the ``above`` / ``sacrum`` classes (outputs background, T12..S1,
+    centre; e.g. spinessl-detector-synthetic-v1) is read with its outputs at their current
+    channel positions and probability 0 for the classes it lacks; unknown channels are refused."""
+    import torch
+
+    from SpineSSLLib import checkpoint as ckpt
+    from SpineSSLLib.detect.infer import predict_maps
+    from SpineSSLLib.detect.model import PRESETS, TASK, DetectorConfig, build_network, load_detector
+    from SpineSSLLib.detect.targets import ABOVE, CENTRE, CHANNELS, FIRST_LEVEL, N_CLASSES, SACRUM
+
+    cfg = DetectorConfig(**PRESETS["tiny"])
+    old = ["background"] + list(LEVEL_NAMES) + ["centre"]
+    torch.manual_seed(0)
+    net = build_network(cfg, len(old))
+    ckpt.save_checkpoint(tmp_path / "old", net, {"task": TASK, "detector": cfg.to_dict(), "outputs": old})
+    det = load_detector(tmp_path / "old")
+    image = np.random.default_rng(0).random((3, 32, 32)).astype(np.float32)
+    maps = predict_maps(det, image)
+    assert maps.shape == (3, len(CHANNELS), 32, 32)
+    assert np.allclose(maps[:, [ABOVE, SACRUM]], 0.0) and np.allclose(maps[:, :N_CLASSES].sum(axis=1), 1.0)
+    with torch.inference_mode():
+        x = torch.from_numpy(np.stack([image[[0, 0, 1]]]))
+        y = net.eval()(x)
+    ref = torch.softmax(y[:, :len(old) - 1], dim=1).numpy()[0]
+    assert np.allclose(maps[0, [0] + list(range(FIRST_LEVEL, FIRST_LEVEL + len(LEVEL_NAMES)))], ref, atol=1e-5)
+    assert np.allclose(maps[0, CENTRE], torch.sigmoid(y[0, -1]).numpy(), atol=1e-5)
+    ckpt.save_checkpoint(tmp_path / "odd", net, {"task": TASK, "detector": cfg.to_dict(),
+                                                 "outputs": old[:-1] + ["corner"]})
+    with pytest.raises(CheckpointError):
+        load_detector(tmp_path / "odd")

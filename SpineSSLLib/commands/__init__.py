@@ -1,5 +1,5 @@
 """``spine-ssl`` subcommands, one module each (see ``SpineSSLLib.cli``)."""
 
 # Order in ``spine-ssl --help``: the pipeline order.
-ORDER = ["info", "synth", "synth-alt", "index", "extract", "merge", "detect-train", "detect", "pretrain", "eval-pairs",
+ORDER = ["info", "synth", "synth-alt", "index", "extract", "merge", "detect-train", "detect", "detect-report", "pretrain", "eval-pairs",
          "probe", "grade-train", "grade", "reproduce", "reid-audit", "audit-outputs"]

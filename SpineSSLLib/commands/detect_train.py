@@ -6,12 +6,15 @@ DESCRIPTION = (
     "Train the automatic vertebra detector (MONAI 2D U-Net on 2.5D sagittal slices + anatomical "
     "level assignment) on every scan under DATA whose levels are found in --levels (truth JSON, "
     "Slicer .mrk.json, label maps named by SeriesInstanceUID or image stem; for a synthetic "
-    "cohort DATA/truth is used).  Subjects are split into train / validation / test; the best "
-    "model is evaluated on the held-out test subjects (MODEL/evaluation.json + .png).")
+    "cohort DATA/truth is used) and/or on --randomised N domain-randomised synthetic scans "
+    "(made once and cached in MODEL/randomised).  Subjects are split into train / validation / "
+    "test; the best model is evaluated on the held-out test subjects (MODEL/evaluation.json + "
+    ".png).  With --calibrate N the confidence is calibrated on N further randomised scans.")
 
 
 def add_arguments(parser):
-    parser.add_argument("data", help="folder of scans (DICOM series and/or NIfTI/NRRD/MHA images)")
+    parser.add_argument("data", nargs="?", help="folder of scans (DICOM series and/or NIfTI/NRRD/MHA images); "
+                                                 "optional with --randomised")
     parser.add_argument("--out", required=True, help="model folder to write (best/, last/, log.csv, evaluation)")
     parser.add_argument("--levels", help="folder of level files (default: DATA/truth when it exists)")
     parser.add_argument("--label-mapping", help="label-map values -> levels: 'spider' or a JSON/CSV mapping file")
@@ -19,7 +22,20 @@ def add_arguments(parser):
     parser.add_argument("--epochs", type=int, default=40, help="maximum epochs (default 40)")
     parser.add_argument("--samples-per-epoch", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--canvas", type=int, default=128, help="training crop size in 2 mm pixels (default 128)")
+    parser.add_argument("--canvas", type=int, nargs="+", default=[128],
+                        help="training crop size in 2 mm pixels: SIZE or ROWS COLUMNS (default 128)")
+    parser.add_argument("--randomised", type=int, default=0, metavar="N",
+                        help="also train on N domain-randomised synthetic scans (cached in MODEL/randomised)")
+    parser.add_argument("--randomised-val", type=int, default=0, metavar="N",
+                        help="N more randomised scans (another seed) for the validation loss")
+    parser.add_argument("--randomised-seed", type=int, default=1000, help="seed of the randomised scans")
+    parser.add_argument("--randomised-fraction", type=float, default=0.5,
+                        help="share of samples from randomised scans when DATA is also given (default 0.5)")
+    parser.add_argument("--calibrate", type=int, default=0, metavar="N",
+                        help="fit the confidence calibration on N randomised scans (seed --randomised-seed + 2) "
+                             "after training (MODEL/best/calibration.json, report in MODEL/calibration)")
+    parser.add_argument("--calibrate-only", type=int, default=0, metavar="N",
+                        help="do not train: fit the calibration of --model on N randomised scans")
     parser.add_argument("--sigma-lateral", type=float, default=8.0,
                         help="fall-off (mm) of the centre map across slices (default 8)")
     parser.add_argument("--lr", type=float, default=0.3, help="SGD learning rate (default 0.3)")
@@ -57,20 +73,41 @@ def run(args) -> int:
         raise ConfigError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
     if not 0 <= args.val_fraction < 1 or not 0 <= args.test_fraction < 1:
         raise ConfigError("--val-fraction and --test-fraction must be in [0, 1)")
-    if args.model and not args.evaluate_only:
-        raise ConfigError("--model is only used with --evaluate-only")
+    if args.model and not (args.evaluate_only or args.calibrate_only):
+        raise ConfigError("--model is only used with --evaluate-only or --calibrate-only")
     if args.evaluate_only and args.test_fraction <= 0:
         raise ConfigError("--evaluate-only needs held-out test subjects (--test-fraction > 0)")
-    levels_dir = args.levels or (os.path.join(args.data, "truth") if os.path.isdir(os.path.join(args.data, "truth")) else None)
-    if levels_dir is None:
-        raise ConfigError("no --levels folder given and DATA/truth does not exist")
-    mapping = resolve_label_mapping(args.label_mapping) if args.label_mapping else None
-    refs = [r for r in C.discover(args.data, levels_dir) if r.levels_file is not None]
-    if not refs:
-        raise SpineSSLError(f"no scans with level files found (levels folder {levels_dir})", args.data)
-    split = C.split_groups(refs, args.val_fraction, args.test_fraction, args.seed)
+    if args.calibrate_only > 0:
+        from ..detect.calibrate import calibrate_model
+
+        if not args.model:
+            raise ConfigError("--calibrate-only needs --model")
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        cal = calibrate_model(args.model, Path(args.out) / "randomised", args.randomised_seed + 2, args.calibrate_only,
+                              workers=max(1, args.workers), report=Path(args.out) / "calibration")
+        print(f"calibration fitted on {cal.info.get('n_levels')} levels ({cal.info.get('n_wrong')} wrong): ECE "
+              f"{cal.info.get('ece_uncalibrated'):.3f} uncalibrated -> {cal.info.get('ece_fitted'):.3f}")
+        return 0
+    if args.data is None and (args.randomised <= 0 or args.evaluate_only):
+        raise ConfigError("give DATA (scans with known levels) or --randomised N")
+    if len(args.canvas) not in (1, 2):
+        raise ConfigError("--canvas takes SIZE or ROWS COLUMNS")
     out = Path(args.out)
-    atomic.write_json(out / "split.json", {k: [r.key for r in v] for k, v in split.items()})
+    mapping = resolve_label_mapping(args.label_mapping) if args.label_mapping else None
+    split = {"train": [], "val": [], "test": []}
+    if args.data is not None:
+        levels_dir = args.levels or (os.path.join(args.data, "truth")
+                                     if os.path.isdir(os.path.join(args.data, "truth")) else None)
+        if levels_dir is None:
+            raise ConfigError("no --levels folder given and DATA/truth does not exist")
+        refs = [r for r in C.discover(args.data, levels_dir) if r.levels_file is not None]
+        if not refs:
+            raise SpineSSLError(f"no scans with level files found (levels folder {levels_dir})", args.data)
+        split = C.split_groups(refs, args.val_fraction, args.test_fraction, args.seed)
+        atomic.write_json(out / "split.json", {k: [r.key for r in v] for k, v in split.items()})
     if args.evaluate_only:
         import torch
 
@@ -96,17 +133,43 @@ def run(args) -> int:
                                "message": e.cause})
                 print(f"skipped: {e}")
     cfg = DetectorConfig(**PRESETS[args.preset], sigma_lateral_mm=args.sigma_lateral)
-    tcfg = DetectTrainConfig(samples_per_epoch=args.samples_per_epoch, seed=args.seed, canvas_px=args.canvas)
+    canvas = args.canvas[0] if len(args.canvas) == 1 else tuple(args.canvas)
+    tcfg = DetectTrainConfig(samples_per_epoch=args.samples_per_epoch, seed=args.seed, canvas_px=canvas,
+                             randomised_fraction=args.randomised_fraction if args.data else 1.0)
+    r_train, r_val = [], []
+    if args.randomised > 0:
+        from ..detect.randomised.cases import build_cases
+
+        workers = max(1, args.workers)
+        r_train = build_cases(out / "randomised", args.randomised_seed, args.randomised, cfg.spacing_mm,
+                              cfg.multiple, workers=workers, desc="randomised training scans")
+        if args.randomised_val > 0:
+            r_val = build_cases(out / "randomised", args.randomised_seed + 1, args.randomised_val, cfg.spacing_mm,
+                                cfg.multiple, workers=workers, desc="randomised validation scans")
     tc = TrainConfig(lr=args.lr, momentum=0.9, weight_decay=1e-4, batch_size=args.batch_size,
                      max_epochs=args.epochs, patience=args.patience, max_lr_drops=2, amp=args.amp,
                      device=args.device, num_workers=args.workers, seed=args.seed, grad_clip=5.0)
+    trained_on = [os.path.basename(os.path.abspath(args.data))] if args.data else []
+    if r_train:
+        trained_on.append(f"randomised:{args.randomised}@seed{args.randomised_seed}")
     res = train_detector(loaded["train"], loaded["val"], out, cfg, tcfg, tc, resume=args.resume,
-                         num_threads=args.threads,
+                         num_threads=args.threads, randomised_train=r_train, randomised_val=r_val,
                          extra={"name": args.name or out.name, "preset": args.preset,
-                                "trained_on": os.path.basename(os.path.abspath(args.data))})
+                                "trained_on": " + ".join(trained_on)})
     f = res.fit
-    print(f"trained {f.epochs_run} epoch(s) on {res.n_train} scans ({res.n_val} validation); best epoch "
-          f"{f.best_epoch}, validation loss {f.best_val_loss:.4f}; stop: {f.stop_reason}")
+    print(f"trained {f.epochs_run} epoch(s) on {res.n_train} scans + {len(r_train)} randomised "
+          f"({res.n_val} + {len(r_val)} validation); best epoch {f.best_epoch}, validation loss "
+          f"{f.best_val_loss:.4f}; stop: {f.stop_reason}")
+    if args.calibrate > 0:
+        from ..detect.calibrate import calibrate_model
+
+        try:
+            calibrate_model(out / "best", out / "randomised", args.randomised_seed + 2, args.calibrate,
+                            workers=max(1, args.workers), report=out / "calibration")
+        except SpineSSLError as e:  # the trained model stays; it is just not calibrated
+            errors.append({"scan": "", "stage": "detect-train/calibrate", "error": type(e).__name__,
+                           "message": e.cause})
+            print(f"calibration skipped: {e.cause}")
     if split["test"]:
         errors += _evaluate(load_detector(out), split, mapping, out)
     if errors:

@@ -1,29 +1,28 @@
-"""Anatomy-respecting level assignment on detector heatmaps (pure numpy, no model needed).
+"""Anatomy-respecting level assignment: the ordered chain of detected vertebral bodies is counted
+from its anchor, S1 (the body under the L5-S1 disc, on top of the sacrum), upwards - where a
+radiologist counts from (pure numpy, no model needed).
 
-The detector produces, on one canonical sagittal plane (rows run superior -> inferior,
-columns anterior -> posterior, square pixels of ``spacing_mm``):
+The detector gives, per vertebra candidate (a body on the canonical sagittal plane: rows run
+superior -> inferior, columns anterior -> posterior, square pixels of ``spacing_mm``), its
+position, its detection strength and its class *evidence* (``EVIDENCE``: the share of the
+region's vertebra probability that goes to "above T12", T12 ... L5, S1 and "sacrum").
 
-- a *centre* map: one peak per vertebral body, whatever its level;
-- seven *level* maps (T12 ... S1): how much each position looks like that particular level.
-
-``assign_levels`` turns them into at most one instance per level:
-
-1. vertebra candidates = peaks of the centre map (greedy non-maximum suppression at
-   ``min_separation_mm``, sub-pixel refinement by a log-parabola fit);
-2. candidates are ordered along the spine (inferior first) and labelled by a Viterbi chain
-   that walks from the sacrum upward.  Labels may only decrease going up (S1 -> L5 -> ... ->
-   T12 -> "above T12"), a missing level between two kept candidates (a *gap*) is allowed when
-   the distance between them is about (gap + 1) vertebral spacings, and a candidate may be
-   dropped as a false positive at a cost proportional to its centre-peak height.  Labels just
-   outside T12..S1 (T11/T10 above, S2/S3 below) exist so that an extra vertebra in the field
-   of view is not forced into the set.
-3. each kept level gets a confidence = detection strength x chain certainty (a softmax over
-   max-marginals of its label) x local level evidence (relative to ``weak_evidence``).  Levels
-   with confidence below ``low_confidence`` or weak local evidence are reported in ``issues``.
-
-A partially visible T12 or S1 only weakens its own centre peak; the chain still labels the
-rest from the evidence of all vertebrae together.  A transitional S1 (weak or ambiguous S1 /
-L5 evidence) is resolved by the chain and flagged.
+1. candidates are ordered along the spine (inferior first) and labelled by a Viterbi chain that
+   walks from the sacrum upward.  Labels may only decrease going up (S1 -> L5 -> ... -> T12 ->
+   T11 -> ... T8), a missing level between two kept candidates (a *gap*) is allowed when the
+   distance between them is about (gap + 1) vertebral spacings, and a candidate may be dropped
+   as a false positive at a cost proportional to its strength.
+2. the labels' scores: *S1 or not* comes from the S1 evidence with a strong weight
+   (``anchor_weight``: the anchor; "sacrum" evidence makes S2/S3), which mobile level it is
+   comes from the chain - counted from the anchor - and only weakly (``evidence_weight``) from
+   the per-level evidence, which breaks ties.  Vertebrae above T12 (T11, T10, T9, T8: the field of
+   view may start there) get labels of their own and are never forced into T12..L5.
+3. each kept level gets a confidence: by default detection strength x chain certainty (a
+   softmax over max-marginals of its label) x anchor strength x local agreement; a fitted
+   ``Calibration`` (``calibrate``) turns the same features into the probability that the label
+   is right.  Without an anchor (no S1 / sacrum found: a field of view that ends above the
+   sacrum) every level is flagged and its confidence capped at ``no_anchor_cap``: the levels
+   are then a guess and ``extract --levels detect`` does not use them.
 """
 
 from __future__ import annotations
@@ -35,6 +34,8 @@ import numpy as np
 from .. import LEVEL_NAMES
 
 N_LEVELS = len(LEVEL_NAMES)
+EVIDENCE = ("above",) + LEVEL_NAMES + ("sacrum",)  # columns of the candidates' class evidence
+E_ABOVE, E_S1, E_SACRUM = 0, N_LEVELS, N_LEVELS + 1
 
 
 @dataclass
@@ -46,14 +47,18 @@ class AssignConfig:
     max_gap: int = 2  # at most this many consecutive levels may be missing between two kept ones
     spacing_weight: float = 4.0  # cost of (log(distance / expected distance))^2
     gap_cost: float = 1.0  # extra cost per missing level inside the chain
-    drop_weight: float = 6.0  # cost of discarding a candidate, times its centre-peak height
-    extra_above: int = 2  # labels allowed above T12 (T11, T10)
-    extra_below: int = 2  # labels allowed below S1 (S2, S3)
-    outside_penalty: float = 1.2  # extra log-cost of an outside-the-set label (prefers T12..S1 when unsure)
-    evidence_weight: float = 0.4  # weight of the level evidence against chain geometry / detections
+    drop_weight: float = 6.0  # cost of discarding a candidate, times its detection strength
+    extra_above: int = 4  # labels allowed above T12 (T11, T10, T9, T8)
+    extra_below: int = 2  # labels allowed below S1 (S2, S3: a sacral segment taken for a body)
+    outside_penalty: float = 1.2  # extra log-cost of a sacral (S2, S3) label
+    anchor_weight: float = 1.5  # weight of the S1 / not-S1 (and sacrum) evidence: the anchor
+    evidence_weight: float = 0.2  # weight of the per-level evidence: tie-breaks only
+    evidence_floor: float = 0.1  # per-level evidence (share among the mobile labels) counts from here
     evidence_radius_px: int = 1  # level evidence = max of the level map in this neighbourhood
     weak_evidence: float = 0.3  # local level evidence below this is flagged
     low_confidence: float = 0.5  # confidence below this is flagged
+    min_anchor: float = 0.3  # S1 evidence below this (and no sacrum seen): no anchor
+    no_anchor_cap: float = 0.3  # confidence cap without an anchor
     eps: float = 1e-4
 
     def __post_init__(self):
@@ -74,9 +79,18 @@ class AssignedLevel:
     row: float
     col: float
     confidence: float
-    detection: float  # centre-peak height (clipped to [0, 1])
+    detection: float  # detection strength (clipped to [0, 1])
     chain: float  # certainty of the label given the whole chain
-    evidence: float  # local level-map value for the assigned label
+    evidence: float  # local evidence for the assigned label (S1 evidence for S1)
+    agreement: float = 1.0  # local evidence of the label relative to the best label of its kind
+    anchor: float = 0.0  # S1 evidence of the scan's anchor (0: no S1 labelled)
+    sacrum: float = 0.0  # how much sacrum the scan shows (0..1)
+
+    def features(self) -> dict[str, float]:
+        """The inputs of the confidence (``calibrate.FEATURES``)."""
+        return {"chain": self.chain, "detection": self.detection, "agreement": self.agreement,
+                "anchor": self.anchor, "sacrum": self.sacrum,
+                "steps": (N_LEVELS - 1 - LEVEL_NAMES.index(self.name)) / (N_LEVELS - 1)}
 
 
 @dataclass
@@ -86,10 +100,11 @@ class Assignment:
     dropped: list[Peak] = field(default_factory=list)  # candidates judged false positives
     outside: list[tuple[str, Peak]] = field(default_factory=list)  # vertebrae beyond T12..S1
     spacing_mm: float | None = None  # estimated distance between neighbouring vertebrae
+    anchored: bool = False  # an S1 with enough evidence (or a sacrum below the chain) was found
 
 
 def label_name(v: int) -> str:
-    """Name of an extended label index: 0..6 = T12..S1, -1 = T11, -2 = T10, 7 = S2, 8 = S3."""
+    """Name of an extended label index: 0..6 = T12..S1, -1 = T11, -2 = T10, ..., 7 = S2, 8 = S3."""
     if 0 <= v < N_LEVELS:
         return LEVEL_NAMES[v]
     if v < 0:
@@ -169,10 +184,23 @@ def assign_levels(centre_map: np.ndarray, level_maps: np.ndarray, spacing_mm: fl
     return assign_instances(peaks, ev, spacing_mm, cfg)
 
 
-def assign_instances(peaks: list[Peak], evidence, spacing_mm: float, config: AssignConfig | None = None
-                     ) -> Assignment:
+def as_evidence(evidence, n: int) -> np.ndarray:
+    """Candidates' evidence as (n, len(EVIDENCE)); a (n, 7) T12..S1 evidence (level maps only)
+    gets zero "above" and "sacrum" columns."""
+    ev = np.clip(np.asarray(evidence, dtype=np.float64).reshape(n, -1), 0.0, 1.0)
+    if ev.shape[1] == N_LEVELS:
+        ev = np.column_stack([np.zeros(n), ev, np.zeros(n)])
+    if ev.shape[1] != len(EVIDENCE):
+        raise ValueError(f"evidence must have {N_LEVELS} or {len(EVIDENCE)} columns, got {ev.shape[1]}")
+    return ev
+
+
+def assign_instances(peaks: list[Peak], evidence, spacing_mm: float, config: AssignConfig | None = None,
+                     sacrum: float = 0.0, calibration=None) -> Assignment:
     """The chain labelling of given vertebra candidates: ``peaks`` (position on the canonical
-    plane and detection strength in [0, 1]) and their per-level ``evidence`` (n, 7) in [0, 1]."""
+    plane and detection strength in [0, 1]) and their ``evidence`` (n, 9) over ``EVIDENCE`` (or
+    (n, 7) over T12..S1).  ``sacrum``: how much sacrum the scan shows below the chain (0..1);
+    ``calibration``: a ``calibrate.Calibration`` (default: the uncalibrated product)."""
     cfg = config or AssignConfig()
     order = sorted(range(len(peaks)), key=lambda i: -peaks[i].row)  # inferior first: from the sacrum up
     peaks = [peaks[i] for i in order]
@@ -180,9 +208,13 @@ def assign_instances(peaks: list[Peak], evidence, spacing_mm: float, config: Ass
     if not peaks:
         out.issues.append("no vertebra found (no candidate above threshold)")
         return out
-    ev = np.clip(np.asarray(evidence, dtype=np.float64).reshape(len(order), N_LEVELS)[order], 0.0, 1.0)
+    ev = as_evidence(evidence, len(order))[order]
     labels, chain_conf, spacing = _viterbi(peaks, ev, spacing_mm, cfg)
     out.spacing_mm = spacing
+    s1 = [i for i, v in enumerate(labels) if v == N_LEVELS - 1]
+    anchor = float(ev[s1[0], E_S1]) if s1 else 0.0
+    sacrum = float(np.clip(sacrum, 0.0, 1.0))
+    out.anchored = bool(anchor >= cfg.min_anchor or (s1 and sacrum >= 0.5))
     for i, p in enumerate(peaks):
         v = labels[i]
         if v is None:
@@ -193,28 +225,42 @@ def assign_instances(peaks: list[Peak], evidence, spacing_mm: float, config: Ass
             out.outside.append((name, p))
             continue
         det = float(np.clip(p.height, 0.0, 1.0))
-        evid = float(ev[i, v])
-        conf = det * chain_conf[i] * min(1.0, evid / cfg.weak_evidence)
-        out.levels[name] = AssignedLevel(name, p.row, p.col, conf, det, chain_conf[i], evid)
+        if v == N_LEVELS - 1:
+            evid = agree = float(ev[i, E_S1])
+        else:
+            mob = ev[i, :N_LEVELS]  # above, T12..L5
+            evid = float(ev[i, 1 + v])
+            agree = float(evid / max(mob.max(), cfg.eps))
+        a = AssignedLevel(name, p.row, p.col, 0.0, det, float(chain_conf[i]), evid, agree, anchor, sacrum)
+        if calibration is not None:
+            conf = calibration.predict(a.features())
+        else:
+            conf = det * a.chain * min(1.0, anchor / 0.5) * min(1.0, agree / cfg.weak_evidence)
+        a.confidence = float(conf if out.anchored else min(conf, cfg.no_anchor_cap))
+        out.levels[name] = a
     kept = [n for n in LEVEL_NAMES if n in out.levels]
     if not kept:
         out.issues.append(f"no vertebra could be labelled T12..S1 ({len(peaks)} candidate(s): "
                           f"{len(out.dropped)} rejected, {len(out.outside)} outside T12..S1)")
-    else:
-        top, bottom = LEVEL_NAMES.index(kept[0]), LEVEL_NAMES.index(kept[-1])
-        for v in range(N_LEVELS):
-            name = LEVEL_NAMES[v]
-            if name in out.levels:
-                continue
-            where = "gap in the chain" if top < v < bottom else "not in the field of view or not detected"
-            out.issues.append(f"{name}: not found ({where})")
+        return out
+    if not out.anchored:
+        out.issues.append("no S1 / sacrum found to count the levels from (does the field of view end above "
+                          "the sacrum?): every level is a guess, confidence capped at "
+                          f"{cfg.no_anchor_cap:g}")
+    top, bottom = LEVEL_NAMES.index(kept[0]), LEVEL_NAMES.index(kept[-1])
+    for v in range(N_LEVELS):
+        name = LEVEL_NAMES[v]
+        if name in out.levels:
+            continue
+        where = "gap in the chain" if top < v < bottom else "not in the field of view or not detected"
+        out.issues.append(f"{name}: not found ({where})")
     for name in kept:
         a = out.levels[name]
-        if a.evidence < cfg.weak_evidence:
+        if a.evidence < cfg.weak_evidence and out.anchored:
             extra = " - possible transitional vertebra" if name in ("S1", "L5") else ""
             out.issues.append(f"{name}: weak level evidence ({a.evidence:.2f}), label inferred from "
                               f"the chain{extra}")
-        elif a.confidence < cfg.low_confidence:
+        elif a.confidence < cfg.low_confidence and out.anchored:
             out.issues.append(f"{name}: low confidence ({a.confidence:.2f})")
     return out
 
@@ -239,15 +285,24 @@ def _viterbi(peaks: list[Peak], ev: np.ndarray, spacing_mm: float, cfg: AssignCo
     n = len(peaks)
     vals = np.arange(-cfg.extra_above, N_LEVELS + cfg.extra_below)  # extended label values
     V = len(vals)
-    # unary log-scores of the labels, relative to the best label of that candidate: whether a
-    # candidate is kept is decided by its centre peak (drop cost) and the chain geometry, not by
-    # how sure the level maps are; an outside label scores (1 - max evidence) x exp(-penalty)
+    # unary log-scores of the labels, relative to the best label of that candidate: S1 or not
+    # (and sacrum) from the anchor evidence, strongly; which mobile level from the per-level
+    # evidence, weakly (ties only); whether a candidate is kept is decided by its strength (drop
+    # cost) and the chain geometry
+    e = cfg.eps
+    p_s1, p_sac = ev[:, E_S1], ev[:, E_SACRUM]
+    p_mob = np.clip(1.0 - p_s1 - p_sac, 0.0, 1.0)
+    q = ev[:, :N_LEVELS] / np.maximum(ev[:, :N_LEVELS].sum(axis=1, keepdims=True), e)  # above, T12..L5
     u = np.empty((n, V))
-    outside = np.clip(1.0 - ev.max(axis=1), 0.0, 1.0) * np.exp(-cfg.outside_penalty)
     for a, v in enumerate(vals):
-        u[:, a] = np.log((ev[:, v] if 0 <= v < N_LEVELS else outside) + cfg.eps)
+        if v == N_LEVELS - 1:
+            u[:, a] = cfg.anchor_weight * np.log(p_s1 + e)
+        elif v >= N_LEVELS:
+            u[:, a] = cfg.anchor_weight * np.log(p_sac + e) - cfg.outside_penalty
+        else:
+            u[:, a] = cfg.anchor_weight * np.log(p_mob + e) + cfg.evidence_weight * np.log(
+                np.maximum(q[:, 1 + v if v >= 0 else 0], cfg.evidence_floor))
     u -= u.max(axis=1, keepdims=True)
-    u *= cfg.evidence_weight  # level maps are least reliable far from the sacrum: the chain decides
     drop = cfg.drop_weight * np.array([max(p.height, 0.0) for p in peaks])
     cum_drop = np.concatenate([[0.0], np.cumsum(drop)])  # cum_drop[k] = sum drop[0:k]
 

@@ -27,6 +27,7 @@ class ScanResult:
     key: str
     per_level: dict[str, dict] = field(default_factory=dict)
     extra: list[str] = field(default_factory=list)  # predicted names absent from the reference
+    extra_confidence: list[float] = field(default_factory=list)
     all_correct: bool = False
     flagged: list[str] = field(default_factory=list)
 
@@ -73,6 +74,7 @@ def compare(key: str, pred: LevelSet, ref: LevelSet, max_match_mm: float = 15.0,
         ok_all &= row["correct"]
         out.per_level[name] = row
     out.extra = [n for n in pred.names if n in LEVEL_NAMES and n not in ref and n not in ignore]
+    out.extra_confidence = [float(pred[n].confidence) for n in out.extra]
     out.all_correct = bool(ok_all and not out.extra and ref_names)
     return out
 
@@ -109,6 +111,7 @@ def summarise(results: list[ScanResult], targets: dict | None = None) -> dict:
                if r.per_level[n]["correct"] and r.per_level[n]["confidence"] is not None]
     conf_bad = [r.per_level[n]["confidence"] for r in results for n in r.per_level
                 if not r.per_level[n]["correct"] and r.per_level[n]["confidence"] is not None]
+    conf_bad += [c for r in results for c in r.extra_confidence]  # a level the reference lacks is wrong
     summary = {
         "n_scans": n_scans,
         "n_reference_levels": n_ref,
@@ -127,8 +130,13 @@ def summarise(results: list[ScanResult], targets: dict | None = None) -> dict:
         summary["centroid_mm"]["mean"] is not None and frac_all is not None
         and summary["centroid_mm"]["mean"] <= targets["mean_centroid_mm"]
         and frac_all >= targets["scans_all_correct"])
-    summary["scans"] = [{"key": r.key, "all_correct": r.all_correct, "extra": r.extra, "flagged": r.flagged,
-                         "levels": r.per_level} for r in results]
+    summary["scans"] = [{"key": r.key, "all_correct": r.all_correct, "extra": r.extra,
+                         "extra_confidence": r.extra_confidence, "flagged": r.flagged, "levels": r.per_level}
+                        for r in results]
+    from .calibrate import level_outcomes, reliability
+
+    summary["reliability"] = reliability(*level_outcomes(summary))
+    summary["ece"] = summary["reliability"]["ece"]
     return summary
 
 
@@ -184,6 +192,12 @@ def write_report(summary: dict, json_path, png_path=None, example=None) -> None:
     with atomic_path(png_path) as tmp:
         fig.savefig(tmp, dpi=110)
     plt.close(fig)
+    if summary.get("reliability", {}).get("n"):
+        from pathlib import Path
+
+        from .calibrate import plot_reliability
+
+        plot_reliability({"this evaluation": summary["reliability"]}, Path(png_path).with_name("reliability.png"))
 
 
 def evaluate_cases(detector, refs, label_mapping=None, desc: str = "evaluating") -> tuple[dict, list[str]]:
@@ -224,3 +238,35 @@ def evaluate_cases(detector, refs, label_mapping=None, desc: str = "evaluating")
     summary["errors"] = errors
     summary["_example"] = example[:3] if example is not None else None
     return summary, errors
+
+
+def report_table(named: dict[str, dict]) -> str:
+    """A markdown table of evaluation summaries (name -> ``summarise`` output)."""
+    def num(v, f="{:.2f}"):
+        return "–" if v is None else f.format(v)
+
+    def pct(v):
+        return "–" if v is None else f"{100 * v:.1f} %"
+
+    rows = ["| data | scans | mean / median centroid error | levels named right | scans all right | "
+            "mean confidence right / wrong | ECE |", "|---|---|---|---|---|---|---|"]
+    for name, s in named.items():
+        cm = s["centroid_mm"]
+        rows.append(f"| {name} | {s['n_scans']} | {num(cm['mean'])} / {num(cm['median'])} mm | "
+                    f"{pct(s['labelling_accuracy'])} | {pct(s['scans_all_correct'])} | "
+                    f"{num(s.get('mean_confidence_correct'))} / {num(s.get('mean_confidence_wrong'))} | "
+                    f"{num(s.get('ece'), '{:.3f}')} |")
+    return "\n".join(rows) + "\n"
+
+
+def write_comparison(named: dict[str, dict], out_dir) -> None:
+    """``out_dir/summary.md`` (table) and ``out_dir/reliability.png`` (one curve per summary)."""
+    from pathlib import Path
+
+    from ..atomic import write_text
+    from .calibrate import level_outcomes, plot_reliability, reliability
+
+    out = Path(out_dir)
+    write_text(out / "summary.md", report_table(named))
+    curves = {n: s.get("reliability") or reliability(*level_outcomes(s)) for n, s in named.items()}
+    plot_reliability({n: c for n, c in curves.items() if c.get("n")}, out / "reliability.png")

@@ -1,7 +1,8 @@
 """Running a detector on a scan: class and centre maps on every sagittal slice -> a ``LevelSet``.
 
 1. the scan is resampled onto the canonical grid (``grid``) and every slice ``k`` is predicted
-   from slices ``k-context .. k+context``: a class map (background / T12 ... S1) and a centre map;
+   from slices ``k-context .. k+context``: a class map (background / above T12 / T12 ... S1 /
+   sacrum) and a centre map;
 2. the mid-sagittal slice of the spine is the slice with the most vertebra x centre mass; the
    maps averaged over it and its neighbours give vertebra candidates = connected vertebra
    regions (a region much larger than a typical body - bodies merged where a collapsed disc was
@@ -9,9 +10,10 @@
    L1, is split between the centre-map peaks inside it; not the lowest region, where S1 often
    carries a piece of the sacrum), each with its in-plane centroid (the region's mean, or the
    centre map's main peak when a fused piece would pull the mean), its strength (mean vertebra
-   probability) and its class distribution;
-3. ``assign.assign_instances`` labels the candidates with one chain from the sacrum upward (one
-   instance per level for the whole scan, hence consistent across slices);
+   probability) and its class distribution (``assign.EVIDENCE``);
+3. ``assign.assign_instances`` labels the candidates with one chain counted from S1 (the anchor,
+   on top of the sacrum) upward (one instance per level for the whole scan, hence consistent
+   across slices); its confidences come from the model's ``calibration.json`` when it has one;
 4. per level: the slice range = slices where vertebra still covers its region; the lateral
    centroid = the middle of that range (interpolated half-coverage crossings) or, when the body
    runs past the first or last slice, the centre of the Gaussian fall-off of the centre map's
@@ -32,7 +34,7 @@ from ..levels import Level, LevelSet
 from .assign import Assignment, Peak, assign_instances
 from .grid import SagittalGrid, make_grid, resample
 from .model import Detector
-from .targets import BACKGROUND, CENTRE, FIRST_LEVEL, N_CLASSES
+from .targets import ABOVE, BACKGROUND, CENTRE, N_CLASSES, S1_CLASS, SACRUM
 
 
 @dataclass
@@ -167,7 +169,7 @@ def _corners(mask: np.ndarray, sup: np.ndarray, ant: np.ndarray) -> np.ndarray:
 @dataclass
 class Candidate:
     peak: Peak
-    evidence: np.ndarray  # (7,) class distribution over T12..S1
+    evidence: np.ndarray  # (9,) class distribution over assign.EVIDENCE (above, T12..S1, sacrum)
     mask: np.ndarray  # (H, W) bool
 
 
@@ -229,12 +231,14 @@ def _centre_position(mask: np.ndarray, fg: np.ndarray, centre: np.ndarray, fused
     return float((rr * w).sum() / w.sum()), float((cc * w).sum() / w.sum())
 
 
-def candidates(agg: np.ndarray, spacing_mm: float, min_region_mm2: float) -> list[Candidate]:
-    """Vertebra candidates on band-averaged maps (C, H, W)."""
+def candidates(agg: np.ndarray, spacing_mm: float, min_region_mm2: float, centroid: str = "region") -> list[Candidate]:
+    """Vertebra candidates on band-averaged maps (C, H, W): regions of vertebral body (above T12,
+    T12..S1; the sacrum below S1 is not a candidate)."""
     from scipy import ndimage
 
-    fg = 1.0 - agg[BACKGROUND]
-    cls = agg[FIRST_LEVEL:FIRST_LEVEL + len(LEVEL_NAMES)]
+    fg = agg[ABOVE:S1_CLASS + 1].sum(axis=0)
+    cls = agg[ABOVE:SACRUM + 1]
+    any_fg = np.maximum(1.0 - agg[BACKGROUND], 1e-6)
     min_px = max(1.0, min_region_mm2 / spacing_mm**2)
     lab, n = ndimage.label(fg > 0.5)
     regions = [m for m in (lab == i for i in range(1, n + 1)) if m.sum() >= min_px]
@@ -254,8 +258,8 @@ def candidates(agg: np.ndarray, spacing_mm: float, min_region_mm2: float) -> lis
         parts = _split(m, agg[CENTRE], spacing_mm, typical) if merged else [m]
         for pm in parts:
             w = fg[pm]
-            ev = cls[:, pm].sum(axis=1) / max(float(w.sum()), 1e-6)
-            row, col = _centre_position(pm, fg, agg[CENTRE], pm.sum() > SPLIT_IF_PEAKS * typical)
+            ev = cls[:, pm].sum(axis=1) / max(float(any_fg[pm].sum()), 1e-6)
+            row, col = _centre_position(pm, fg, agg[CENTRE], centroid == "centre" or pm.sum() > SPLIT_IF_PEAKS * typical)
             out.append(Candidate(Peak(row, col, float(w.mean())), np.clip(ev, 0.0, 1.0), pm))
     return out
 
@@ -268,28 +272,35 @@ def detect_scan(detector: Detector, scan: Scan, path=None, source: str | None = 
     image = resample(scan, grid, path)
     maps = predict_maps(detector, image)
     src = source or f"detect:{detector.meta.get('config', {}).get('name') or detector.path.name}"
-    return levels_from_maps(grid, image, maps, cfg, src)
+    return levels_from_maps(grid, image, maps, cfg, src, calibration=detector.calibration)
 
 
-def levels_from_maps(grid: SagittalGrid, image: np.ndarray, maps: np.ndarray, cfg, source: str = "detect"
-                     ) -> Prediction:
+def sacrum_evidence(agg: np.ndarray, spacing_mm: float) -> float:
+    """How much sacrum the band-averaged maps show: its area (pixels with sacrum probability
+    > 0.5) relative to 600 mm^2 (about one sacral segment), clipped to [0, 1]."""
+    return float(np.clip((agg[SACRUM] > 0.5).sum() * spacing_mm**2 / 600.0, 0.0, 1.0))
+
+
+def levels_from_maps(grid: SagittalGrid, image: np.ndarray, maps: np.ndarray, cfg, source: str = "detect",
+                     calibration=None) -> Prediction:
     """Post-processing of the network's maps (K, C, H, W) on ``grid`` (steps 2-4 of the module
-    docstring); ``cfg``: the ``DetectorConfig``."""
+    docstring); ``cfg``: the ``DetectorConfig``; ``calibration``: a ``calibrate.Calibration``."""
     K = maps.shape[0]
-    fg = 1.0 - maps[:, BACKGROUND]
+    fg = maps[:, ABOVE:S1_CLASS + 1].sum(axis=1)
     centre = maps[:, CENTRE]
     mass = (fg * centre).reshape(K, -1).sum(axis=1)
     mid = int(np.argmax(np.convolve(mass, [1, 2, 1], mode="same")))
     agg = maps[max(0, mid - 1):min(K, mid + 2)].mean(axis=0)
-    cands = candidates(agg, cfg.spacing_mm, cfg.min_region_mm2)
-    res = assign_instances([c.peak for c in cands], [c.evidence for c in cands], cfg.spacing_mm, cfg.assign)
+    cands = candidates(agg, cfg.spacing_mm, cfg.min_region_mm2, cfg.centroid)
+    res = assign_instances([c.peak for c in cands], [c.evidence for c in cands], cfg.spacing_mm, cfg.assign,
+                           sacrum=sacrum_evidence(agg, cfg.spacing_mm), calibration=calibration)
     by_pos = {(c.peak.row, c.peak.col): c for c in cands}
     pos = {n: np.array([a.row, a.col]) for n, a in res.levels.items()}
     levels: dict[str, Level] = {}
     issues = list(res.issues)
     for name, a in res.levels.items():
         mask = by_pos[(a.row, a.col)].mask
-        cover = np.array([fg[k][mask].mean() for k in range(K)])  # vertebra (any level: the chain named it)
+        cover = np.array([fg[k][mask].mean() for k in range(K)])  # vertebral body (the chain named it)
         lo, hi = _slice_range(cover)
         kf = _range_middle(cover, lo, hi)
         if kf is None:  # the body spans the stack: the centre map's lateral fall-off places it

@@ -21,14 +21,15 @@ class DetectorConfig:
 
     spacing_mm: float = 2.0  # canonical in-plane pixel size
     context: int = 1  # 2.5D: slices k-context .. k+context are the input channels
-    channels: tuple[int, ...] = (12, 24, 48, 96, 192)
-    strides: tuple[int, ...] = (2, 2, 2, 2)
+    channels: tuple[int, ...] = (12, 24, 48, 96, 192, 256)
+    strides: tuple[int, ...] = (2, 2, 2, 2, 2)  # 5 down-samplings: a receptive field of ~0.5 m
     num_res_units: int = 1
     norm: str = "instance"
     sigma_centre_mm: float = 6.0  # centre map: in-plane width
     sigma_lateral_mm: float = 8.0  # centre map: fall-off across slices
     region_radius_mm: float = 10.0  # level region when a source has no corners
     min_region_mm2: float = 60.0  # smaller predicted regions are not vertebra candidates
+    centroid: str = "region"  # in-plane centroid: "region" (mean of the body region) | "centre" (centre-map peak)
     assign: AssignConfig = field(default_factory=AssignConfig)
 
     def __post_init__(self):
@@ -40,6 +41,8 @@ class DetectorConfig:
             raise ConfigError("detector config: len(strides) must be len(channels) - 1")
         if self.spacing_mm <= 0 or self.context < 0:
             raise ConfigError("detector config: spacing_mm must be > 0 and context >= 0")
+        if self.centroid not in ("region", "centre"):
+            raise ConfigError(f"detector config: centroid must be 'region' or 'centre', got {self.centroid!r}")
 
     @property
     def in_channels(self) -> int:
@@ -71,11 +74,36 @@ PRESETS = {
 }
 
 
-def build_network(cfg: DetectorConfig):
+def build_network(cfg: DetectorConfig, outputs: int | None = None):
     from monai.networks.nets import UNet
 
-    return UNet(spatial_dims=2, in_channels=cfg.in_channels, out_channels=len(CHANNELS),
+    return UNet(spatial_dims=2, in_channels=cfg.in_channels, out_channels=outputs or len(CHANNELS),
                 channels=cfg.channels, strides=cfg.strides, num_res_units=cfg.num_res_units, norm=cfg.norm)
+
+
+def _legacy_network(cfg: DetectorConfig, outputs: list[str]):
+    """A network whose model file has a subset of ``CHANNELS`` (e.g. a model made before the
+    ``above`` and ``sacrum`` classes: background, T12..S1, centre): its outputs are placed at
+    their ``CHANNELS`` positions, the classes it lacks get a logit of -1e4 (probability 0 after
+    the class softmax), so inference reads it like a current model."""
+    import torch
+
+    net = build_network(cfg, len(outputs))
+    index = [CHANNELS.index(n) for n in outputs]
+
+    class LegacyOutputs(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+            self.register_buffer("index", torch.tensor(index), persistent=False)
+
+        def forward(self, x):
+            y = self.net(x)
+            out = y.new_full((y.shape[0], len(CHANNELS)) + tuple(y.shape[2:]), -1e4)
+            out[:, self.index] = y
+            return out
+
+    return net, LegacyOutputs()
 
 
 def checkpoint_config(cfg: DetectorConfig, extra: dict | None = None) -> dict:
@@ -91,6 +119,7 @@ class Detector:
     network: object  # torch.nn.Module, in eval mode
     meta: dict
     path: Path
+    calibration: object = None  # calibrate.Calibration from the model folder's calibration.json
 
 
 def resolve_model_path(path) -> Path:
@@ -121,10 +150,17 @@ def load_detector(path=None, device: str = "cpu") -> Detector:
     conf = meta.get("config", {})
     if conf.get("task") != TASK:
         raise CheckpointError(f"model was made for task {conf.get('task')!r}, not detection", p)
-    if list(conf.get("outputs", [])) != list(CHANNELS):
+    outputs = list(conf.get("outputs", []))
+    if outputs != list(CHANNELS) and not (outputs and outputs[-1] == "centre" and set(outputs) <= set(CHANNELS)):
         raise CheckpointError("model outputs do not match this version's detector channels", p)
     cfg = DetectorConfig.from_dict(conf["detector"])
-    net = build_network(cfg)
-    ckpt.load_checkpoint(p, net, device="cpu")
+    if outputs == list(CHANNELS):
+        net = inner = build_network(cfg)
+    else:  # a model made before the current channels (e.g. without "above" / "sacrum")
+        inner, net = _legacy_network(cfg, outputs)
+    ckpt.load_checkpoint(p, inner, device="cpu")
     net.to(device).eval()
-    return Detector(cfg, net, meta, p)
+    from .calibrate import CALIBRATION_FILE, load_calibration
+
+    cal = load_calibration(p / CALIBRATION_FILE) if (p / CALIBRATION_FILE).is_file() else None
+    return Detector(cfg, net, meta, p, cal)

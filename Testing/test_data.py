@@ -205,7 +205,7 @@ def test_bad_inputs_raise_manifest_errors(small_cohort, tmp_path):
     (bad / "volumes.csv").write_text((root / "volumes.csv").read_text())
     for f in {r.file for r in rows}:
         (bad / f).write_bytes(b"PK\x03\x04 truncated")
-    with pytest.raises(ManifestError, match="unreadable volume file"):
+    with pytest.raises(ManifestError, match="cannot read volume file"):
         D.VolumeCache(bad, D.read_vb_table(bad), progress=False)
     np.savez(bad / rows[0].file, vb=np.zeros((7, 9, 100, 100), np.float16))
     with pytest.raises(ManifestError, match="vb array has shape"):

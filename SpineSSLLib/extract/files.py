@@ -38,10 +38,12 @@ def _zstd():
     return zstandard
 
 
-def _npy_bytes(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.lib.format.write_array(buf, np.asanyarray(arr), allow_pickle=False)
-    return buf.getvalue()
+def _npy_zst(arr: np.ndarray, cctx) -> bytes:
+    """A ``.npy`` file (format 1.0 header + C-order data) as one Zstandard frame."""
+    arr = np.ascontiguousarray(arr)
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(head, np.lib.format.header_data_from_array_1_0(arr))
+    return cctx.compress(b"".join([head.getvalue(), memoryview(arr).cast("B") if arr.size else b""]))
 
 
 def write_arrays(path, arrays: dict, compressed=COMPRESSED) -> None:
@@ -54,11 +56,22 @@ def write_arrays(path, arrays: dict, compressed=COMPRESSED) -> None:
     with atomic.atomic_path(path, suffix=".npz") as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
             for name, arr in arrays.items():
-                data = _npy_bytes(arr)
                 if name in compressed:
-                    zf.writestr(name + ".npy.zst", cctx.compress(data))
+                    zf.writestr(name + ".npy.zst", _npy_zst(np.asarray(arr), cctx))
                 else:
-                    zf.writestr(name + ".npy", data)
+                    with zf.open(name + ".npy", "w") as f:
+                        np.lib.format.write_array(f, np.asanyarray(arr), allow_pickle=False)
+
+
+def _float16(a) -> np.ndarray:
+    """float32 -> float16 as ``astype`` (round to nearest even; identical bits), through torch's
+    vectorised conversion: ~10x faster than NumPy's for a scan's 9 MB of volumes."""
+    a = np.asarray(a)
+    if a.dtype == np.float32 and a.flags.c_contiguous and a.size:
+        import torch
+
+        return torch.from_numpy(a).half().numpy()
+    return a.astype(np.float16)
 
 
 def read_arrays(path, names=None) -> dict[str, np.ndarray]:
@@ -101,8 +114,8 @@ def read_arrays(path, names=None) -> dict[str, np.ndarray]:
 
 def save_volumes(path, sv: ScanVolumes, scan_affine=None, scan_shape=None) -> None:
     arrays = dict(
-        vb=sv.vb.astype(np.float16), vb_present=sv.vb_present, vb_affine=sv.vb_affine.astype(np.float64),
-        ivd=sv.ivd.astype(np.float16), ivd_present=sv.ivd_present, ivd_affine=sv.ivd_affine.astype(np.float64),
+        vb=_float16(sv.vb), vb_present=sv.vb_present, vb_affine=sv.vb_affine.astype(np.float64),
+        ivd=_float16(sv.ivd), ivd_present=sv.ivd_present, ivd_affine=sv.ivd_affine.astype(np.float64),
         levels=np.array(sv.levels), discs=np.array(sv.discs),
         vb_mid_slice=sv.vb_mid_slice, ivd_mid_slice=sv.ivd_mid_slice,
         vb_width_mm=sv.vb_width_mm, vb_median=sv.vb_median,

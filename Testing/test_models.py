@@ -119,6 +119,28 @@ def test_lrn_equals_torch_local_response_norm_values_and_gradients(shape):
         assert torch.allclose(ga, gb, rtol=1e-8, atol=1e-10)
 
 
+def test_lrn_channels_last_and_training_forward_match_the_contiguous_inference_path():
+    """The fused LRN (hand-written backward) on a contiguous input and the 1x1-convolution path of a
+    channels-last input give the same values and gradients; the training forward equals the
+    inference forward."""
+    from SpineSSLLib.models import LRN
+
+    torch.manual_seed(1)
+    x = torch.relu(torch.randn(2, 9, 3, 6, 5, dtype=torch.float64)) * 5
+    w = torch.randn_like(x)
+    lrn = LRN(5, alpha=5e-4, beta=0.75, k=2.0)
+    with torch.no_grad():
+        ref = lrn(x)
+    grads = []
+    for fmt in (torch.contiguous_format, torch.channels_last_3d):
+        xa = x.contiguous(memory_format=fmt).requires_grad_()
+        y = lrn(xa)
+        assert torch.allclose(y, ref, rtol=1e-12, atol=0)
+        grads.append(torch.autograd.grad((y * w).sum(), xa)[0])
+    assert torch.allclose(grads[0], grads[1], rtol=1e-10, atol=1e-14)
+    assert torch.autograd.gradcheck(lambda t: lrn(t), (x[:1, :, :1, :3, :2].clone().requires_grad_(),))
+
+
 def _fixed_weights(net):
     """Deterministic weights that do not depend on the initialisation code."""
     with torch.no_grad():

@@ -380,15 +380,19 @@ class VolumeCache:
         with atomic_path(dst, suffix=".npy") as tmp:
             np.save(tmp, vb.astype(np.float16), allow_pickle=False)
 
-    def volume(self, row: VolumeRow) -> np.ndarray:
-        """``(9, h, w)`` float32 copy of a volume."""
+    def raw(self, row: VolumeRow) -> np.ndarray:
+        """``(9, h, w)`` float16 of a volume: a read-only view of the memory-mapped cache file."""
         mm = self._mm.get(row.file)
         if mm is None:
             mm = np.load(self._cache_path(row.file), mmap_mode="r", allow_pickle=False)
-            if not 0 <= row.index < mm.shape[0]:
-                raise ManifestError(f"index {row.index} outside the vb array", self.cohort_dir / row.file)
             self._mm[row.file] = mm
-        return np.asarray(mm[row.index], dtype=np.float32)
+        if not 0 <= row.index < mm.shape[0]:
+            raise ManifestError(f"index {row.index} outside the vb array", self.cohort_dir / row.file)
+        return mm[row.index]
+
+    def volume(self, row: VolumeRow) -> np.ndarray:
+        """``(9, h, w)`` float32 copy of a volume."""
+        return np.asarray(self.raw(row), dtype=np.float32)
 
     def __getstate__(self):  # workers re-open their own memory maps
         d = dict(self.__dict__)

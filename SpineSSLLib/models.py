@@ -238,11 +238,11 @@ class Trunk(nn.Module):
         c1, c2, c3, c4, c5 = config.channels()
         self.kind = config.norm
         self.conv_impl = config.conv_impl
-        self.channels_last_2d = False  # fold2d: channels-last conv2d inputs (set by to_channels_last)
-        self.conv1 = nn.Conv3d(1, c1, (3, 7, 7), stride=(1, 2, 2), padding=(1, 0, 0))
-        self.conv2 = nn.Conv3d(c1, c2, (3, 5, 5), stride=(1, 2, 2), padding=(1, 1, 1))
-        self.conv3 = nn.Conv3d(c2, c3, (3, 3, 3), padding=1)
-        self.conv4 = nn.Conv3d(c3, c4, (DEPTH, 3, 3), padding=(0, 1, 1))
+        conv3d = FoldConv3d if self.conv_impl == "fold2d" else nn.Conv3d
+        self.conv1 = conv3d(1, c1, (3, 7, 7), stride=(1, 2, 2), padding=(1, 0, 0))
+        self.conv2 = conv3d(c1, c2, (3, 5, 5), stride=(1, 2, 2), padding=(1, 1, 1))
+        self.conv3 = conv3d(c2, c3, (3, 3, 3), padding=1)
+        self.conv4 = conv3d(c3, c4, (DEPTH, 3, 3), padding=(0, 1, 1))
         self.conv5 = nn.Conv2d(c4, c5, 3, padding=1)
         if self.kind == "lrn":
             self.norm1, self.norm2 = LRN(5, alpha=5e-4, beta=0.75, k=2.0), LRN(5, alpha=5e-4, beta=0.75, k=2.0)
@@ -288,24 +288,6 @@ class Trunk(nn.Module):
         y = F.max_pool2d(h.reshape(-1, *h.shape[2:]), 2)
         return y.view(*h.shape[:2], *y.shape[1:])
 
-    def _fold_conv(self, conv: nn.Conv3d, h: torch.Tensor) -> torch.Tensor:
-        """``conv`` (stride 1 and zero padding ``pd`` in depth) on (B, D, C, H, W) -> (B, Do, C', H', W'):
-        depth-pad, stack the ``kd`` shifted depth windows along the channels (kd*C, depth-major,
-        matching the weight transposed to (C', kd, C, kh, kw)), one conv2d."""
-        kd, pd = conv.kernel_size[0], conv.padding[0]
-        if conv.stride[0] != 1 or conv.dilation != (1, 1, 1) or conv.groups != 1:
-            raise ValueError("fold2d supports depth stride 1, no dilation, no groups")
-        if pd:
-            h = F.pad(h, (0, 0, 0, 0, 0, 0, pd, pd))
-        b, do = h.shape[0], h.shape[1] - kd + 1
-        cols = torch.cat([h[:, i:i + do] for i in range(kd)], 2) if kd > 1 else h
-        cols = cols.reshape(b * do, *cols.shape[2:])
-        if self.channels_last_2d:
-            cols = cols.contiguous(memory_format=torch.channels_last)
-        w = conv.weight.transpose(1, 2).reshape(conv.out_channels, kd * conv.in_channels, *conv.kernel_size[1:])
-        y = F.conv2d(cols, w, conv.bias, conv.stride[1:], conv.padding[1:])
-        return y.view(b, do, *y.shape[1:])
-
     def _fold_norm(self, norm, h: torch.Tensor) -> torch.Tensor:
         """The 3D path's normalisation on (B, D, C, H, W): LRN and batch norm act per position /
         per channel over (B, D, H, W), so the (B*D, C, H, W) view is the same set; group norm
@@ -321,8 +303,32 @@ class Trunk(nn.Module):
 
     def _fold_block(self, conv, norm, h):
         if self.kind == "lrn":
-            return self._fold_norm(norm, F.relu(self._fold_conv(conv, h)))
-        return F.relu(self._fold_norm(norm, self._fold_conv(conv, h)))
+            return self._fold_norm(norm, F.relu(conv(h)))
+        return F.relu(self._fold_norm(norm, conv(h)))
+
+
+class FoldConv3d(nn.Conv3d):
+    """``nn.Conv3d`` (same parameters, same function) for ``conv_impl="fold2d"``: takes and returns
+    the (B, D, C, H, W) layout and computes one ``conv2d`` — zero-pad the depth by ``pd``, stack the
+    ``kd`` shifted depth windows along the channels (kd*C, depth-major, matching the weight
+    transposed to (C', kd, C, kh, kw)).  A module, so forward hooks (training diagnostics) see it."""
+
+    channels_last_2d = False  # channels-last conv2d inputs (set by to_channels_last)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        kd, pd = self.kernel_size[0], self.padding[0]
+        if self.stride[0] != 1 or self.dilation != (1, 1, 1) or self.groups != 1 or self.padding_mode != "zeros":
+            raise ValueError("fold2d supports depth stride 1, no dilation, no groups, zero padding")
+        if pd:
+            h = F.pad(h, (0, 0, 0, 0, 0, 0, pd, pd))
+        b, do = h.shape[0], h.shape[1] - kd + 1
+        cols = torch.cat([h[:, i:i + do] for i in range(kd)], 2) if kd > 1 else h
+        cols = cols.reshape(b * do, *cols.shape[2:])
+        if self.channels_last_2d:
+            cols = cols.contiguous(memory_format=torch.channels_last)
+        w = self.weight.transpose(1, 2).reshape(self.out_channels, kd * self.in_channels, *self.kernel_size[1:])
+        y = F.conv2d(cols, w, self.bias, self.stride[1:], self.padding[1:])
+        return y.view(b, do, *y.shape[1:])
 
 
 def _batch_norm_any(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
@@ -508,7 +514,7 @@ def to_channels_last(model: nn.Module) -> nn.Module:
     """Channels-last memory format for every conv weight (3D convs: channels_last_3d); a
     ``fold2d`` trunk also feeds its conv2d channels-last inputs."""
     for m in model.modules():
-        if isinstance(m, Trunk) and m.conv_impl == "fold2d":
+        if isinstance(m, FoldConv3d):
             m.channels_last_2d = True
         if isinstance(m, nn.Conv3d):
             m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last_3d)

@@ -52,6 +52,7 @@ VARIANTS = {  # eager first: a session cut short still has them
     "3d_compile_cudagraphs": ("3d", None, "reduce-overhead", False, True),
     "fold2d_compile_cudagraphs": ("fold2d", None, "reduce-overhead", True, True),
     "fold2d_compile_lrn": ("fold2d", "lrn", "default", True, True),
+    "fold2d_max_autotune": ("fold2d", None, "max-autotune", True, True),   # last: minutes of autotuning
 }
 SMALL_VARIANTS = ("3d_eager", "fold2d_eager", "3d_compile_cudagraphs", "fold2d_compile_cudagraphs")
 

@@ -5,7 +5,7 @@
 #   make bench  all benchmarks -> table + docs/performance.md (<= 25 min on 2 cores; bench-quick ~5 min)
 #   make test-slicer-pins  the core tests in a second venv (.venv-slicer510) with the Python packages
 #               that 3D Slicer 5.10 bundles (pydicom 2.4.4, numpy 2.0); the main venv has pydicom 3
-#   make coverage-slicer   line coverage of SpineSSL/SpineSSL.py by the Slicer stand-in harness
+#   make coverage-slicer   line coverage of the Slicer module (SpineSSL.py, SpineSSLModuleLib/) by the stand-in harness
 #
 # TORCH chooses the torch build.  The default `torch==2.13.0` is the official wheel: on Linux
 # x86_64 PyPI serves it with CUDA support; machines with a local CPU wheel of that version use it.
@@ -65,7 +65,7 @@ test-slicer-pins: $(SLICER_STAMP)
 	$(SLICER_BIN)/python -m pytest -n 2 $(SLICER_PIN_TESTS)
 
 coverage-slicer: $(STAMP)
-	$(BIN)/python -m coverage run --include=SpineSSL/SpineSSL.py -m pytest -q -p no:xdist Testing/test_slicer_harness.py
+	$(BIN)/python -m coverage run --include="SpineSSL/SpineSSL.py,SpineSSL/SpineSSLModuleLib/*.py" -m pytest -q -p no:xdist Testing/test_slicer_harness.py
 	$(BIN)/python -m coverage report -m
 
 clean:

@@ -199,10 +199,14 @@ class PairConfig:
     interval_bin_days: float = 365.25
     """follow-up intervals are matched within bins of this width (uniform sampling inside a bin
     keeps the negatives' interval distribution equal to the positives')"""
+    self_pairs: float = 0.0
+    """extra positives per longitudinal positive made of one volume with itself (the two views
+    differ by augmentation: SimCLR's instance positives), drawn from every VB of the split — also
+    from subjects scanned once, so they join the level loss and the batch's negatives"""
 
     def __post_init__(self):
-        if self.neg_per_pos < 0:
-            raise ConfigError("neg_per_pos must be >= 0")
+        if self.neg_per_pos < 0 or self.self_pairs < 0:
+            raise ConfigError("neg_per_pos and self_pairs must be >= 0")
         if self.interval_bin_days <= 0:
             raise ConfigError("interval_bin_days must be positive")
 
@@ -304,6 +308,9 @@ class PairSampler:
                     pair = (a, x, 0) if x is not None else None
                 if pair is not None:
                     pairs.append(pair)
+        n_self = int(round(self.config.self_pairs * len(pos)))
+        if n_self and self.rows:
+            pairs.extend((int(i), int(i), 1) for i in rng.integers(len(self.rows), size=n_self))
         if self.shuffle:
             pairs = [pairs[i] for i in rng.permutation(len(pairs))]
         return pairs

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import DicomError, GeometryError
-from .io import DicomHeader, _float, _vec
+from .io.dicom import DicomHeader, _float, _vec
+from .io.pixels import decode, rescale
 
 ORIENTATION_TOL = 1e-3  # frames whose ImageOrientationPatient differ by more belong to different stacks
 
@@ -202,7 +203,7 @@ def choose_stack(groups: dict[str, list], where, spacing_tol: float = 0.05,
     (ties: the longest echo time, i.e. the T2 echo of a dual-echo series; then the first label).
     One stack: its label.  None usable: ``GeometryError`` listing why."""
     from .errors import SpineSSLError
-    from .io import series_geometry
+    from .io.geometry import series_geometry
 
     if len(groups) == 1:
         return next(iter(groups))
@@ -230,29 +231,12 @@ def frame_pixels(h: FrameHeader, cache: dict) -> np.ndarray:
     frames = cache[h.path]
     if h.frame >= len(frames):
         raise DicomError(f"pixel data holds {len(frames)} frames, frame {h.frame + 1} is missing", h.path)
-    out = frames[h.frame].astype(np.float32)
-    if h.rescale_slope != 1.0:
-        out *= np.float32(h.rescale_slope)
-    if h.rescale_intercept:
-        out += np.float32(h.rescale_intercept)
-    return out
+    return rescale(frames[h.frame], h.rescale_slope, h.rescale_intercept)
 
 
 def read_frames(path: str) -> np.ndarray:
-    """Stored pixel values of every frame, shape (frames, rows, columns)."""
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(path)
-        if "PixelData" not in ds:
-            raise DicomError("missing pixel data", path)
-        px = ds.pixel_array
-    except DicomError:
-        raise
-    except Exception as e:
-        lines = [x.strip() for x in str(e).strip().splitlines() if x.strip()]
-        raise DicomError(f"cannot decode multi-frame pixel data ({type(e).__name__}: {' '.join(lines)[:300]})",
-                         path) from e
+    """Stored pixel values of every frame, shape (frames, rows, columns) (``io.pixels.decode``)."""
+    ds, px = decode(path)
     n = int(ds.get("NumberOfFrames", 1) or 1)
     px = np.asarray(px)
     if px.ndim == 2:

@@ -28,14 +28,21 @@ from .train import TrainConfig
 from .transforms import AugmentConfig
 
 RECIPES: dict[str, dict] = {
-    # The default: BatchNorm trunk with fan-in He init, AdamW with warm-up + cosine decay, gradient
-    # clipping, NT-Xent on an L2-normalised projection head; measured in docs/pretraining.md.
+    # The default (docs/pretraining.md, "Recipes"): BatchNorm trunk with fan-in He init, light
+    # dropout, AdamW with warm-up + cosine decay and gradient clipping, NT-Xent on an L2-normalised
+    # projection head with longitudinal positives plus SimCLR self-pairs from every scan, the level
+    # loss weighted 2, geometric augmentation at the scale of extraction jitter (the paper's +-48 px /
+    # +-15 deg destroy the alignment that extraction provides and that identity cues live in) and
+    # appearance augmentation (gamma, coil bias, noise) for scanners that look different.
     "default": {
-        "model": {"preset": "small", "norm": "batch", "init": "fan_in"},
+        "model": {"preset": "small", "norm": "batch", "init": "fan_in", "dropout": 0.1},
         "train": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "schedule": "cosine",
-                  "warmup_epochs": 1.0, "grad_clip": 5.0, "batch_size": 32, "max_epochs": 40},
+                  "warmup_epochs": 1.0, "grad_clip": 5.0, "batch_size": 32, "max_epochs": 30},
         "loss": {"objective": "ntxent", "temperature": 0.1, "normalize": True, "projection": 128,
-                 "level_weight": 1.0},
+                 "level_weight": 2.0},
+        "pairs": {"self_pairs": 1.0},
+        "augment": {"rotate_deg": 5.0, "translate_x": 8.0, "translate_y": 8.0, "translate_z": 1.0,
+                    "scale": [0.95, 1.05], "intensity": 0.2, "gamma": 0.4, "bias": 0.4, "noise": 0.03},
     },
     # The paper's literal recipe (§2.2–2.4, §3.2): VGG-M with LRN, MatConvNet's fan-out init, SGD
     # momentum 0.9, weight decay 5e-4, lr 1e-5, batch 32, lr /10 on plateau, contrastive loss on
@@ -47,6 +54,9 @@ RECIPES: dict[str, dict] = {
                   "patience": 10, "max_lr_drops": 2},
         "loss": {"objective": "contrastive", "margin": 1.0, "normalize": False, "projection": 0,
                  "level_weight": 1.0},
+        "pairs": {"self_pairs": 0.0},
+        "augment": {"rotate_deg": 15.0, "translate_x": 48.0, "translate_y": 24.0, "translate_z": 2.0,
+                    "scale": [0.9, 1.1], "intensity": 0.2},
     },
 }
 
@@ -106,6 +116,7 @@ def make_loss_fn(loss_cfg: LossConfig, alpha, aux_heads: dict):
                 loss = loss + loss_cfg.aux_weight * la_
         return loss, parts
 
+    loss_fn.class_weights = alpha  # what the level loss weighs by (recorded in the checkpoints)
     return loss_fn
 
 
@@ -152,7 +163,8 @@ def run_pretraining(cohort, out, cfg: PretrainConfig, *, splits_path=None, resum
     if not train_sampler.positives:
         raise ConfigError("no positive pairs in the training split: pretraining needs subjects with "
                           "at least two time points", Path(cohort) / "volumes.csv")
-    val_sampler = D.PairSampler(part["val"], cfg.pairs, seed=10_000 + train_cfg.seed, rank=info.rank,
+    val_sampler = D.PairSampler(part["val"], dataclasses.replace(cfg.pairs, self_pairs=0.0),  # real pairs only
+                                seed=10_000 + train_cfg.seed, rank=info.rank,
                                 world=info.world, shuffle=False)
     pin = device.type == "cuda"
     nw = train_cfg.num_workers
@@ -171,8 +183,11 @@ def run_pretraining(cohort, out, cfg: PretrainConfig, *, splits_path=None, resum
     augment = D.PairAugment(cfg.augment, net_hw) if cfg.augment.enabled else None
     ck_cfg = {"task": "pretrain", "model": model_cfg.to_dict(), "num_classes": len(LEVEL_NAMES),
               "class_names": list(LEVEL_NAMES), "in_hw": list(in_hw), "splits": "splits.json",
-              "loss": dataclasses.asdict(loss_cfg), "pairs": dataclasses.asdict(cfg.pairs)}
-    res = fit(model, make_loss_fn(loss_cfg, alpha, model_cfg.aux_heads), train_loader, val_loader, train_cfg, out,
+              "loss": dataclasses.asdict(loss_cfg), "pairs": dataclasses.asdict(cfg.pairs),
+              }
+    loss_fn = make_loss_fn(loss_cfg, alpha, model_cfg.aux_heads)
+    ck_cfg["level_class_weights"] = [round(float(w), 6) for w in loss_fn.class_weights]
+    res = fit(model, loss_fn, train_loader, val_loader, train_cfg, out,
               checkpoint_config=ck_cfg, resume=resume, augment=augment, device=device,
               chance={"level": math.log(len(LEVEL_NAMES))})
     summary = {"stop_reason": res.stop_reason, "epochs": res.last_epoch + 1, "best_epoch": res.best_epoch,

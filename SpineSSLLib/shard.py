@@ -219,6 +219,16 @@ def _error_order(row: dict) -> tuple:
     return row["file"], row["stage"], row["error_type"], row["message"]
 
 
+def _shard_meta(p: Path, salt_id: str, done: str, salt_file, hint: str = "") -> dict:
+    """A finished shard's meta JSON (``index.json``, ``shard.json``), made with the cohort's salt."""
+    if not p.is_file():
+        raise ManifestError("missing (the shard did not finish: run it again)", p)
+    m = json.loads(p.read_text(encoding="utf-8"))
+    if m.get("salt_id") != salt_id:
+        raise ConfigError(f"{p}: {done} with another salt than {salt_file}; keys cannot be merged{hint}")
+    return m
+
+
 def _merge_index(cohort: Path, shards: dict[int, Path], salt_id: str) -> tuple[list[dict], list[dict]]:
     from . import atomic
     from .index import SERIES_COLUMNS, index_meta
@@ -226,13 +236,9 @@ def _merge_index(cohort: Path, shards: dict[int, Path], salt_id: str) -> tuple[l
     metas, series, sources, errors = [], [], [], []
     for i, d in shards.items():
         p = d / "index.json"
-        if not p.is_file():
-            raise ManifestError("missing (the shard did not finish: run it again)", p)
-        m = json.loads(p.read_text(encoding="utf-8"))
-        if m.get("salt_id") != salt_id:
-            raise ConfigError(f"{p}: indexed with another salt than {cohort / 'cohort_salt.txt'}; keys cannot be "
-                              "merged (index every shard into one cohort folder, or copy its cohort_salt.txt "
-                              "into each shard's folder before indexing)")
+        m = _shard_meta(p, salt_id, "indexed", cohort / "cohort_salt.txt",
+                        " (index every shard into one cohort folder, or copy its cohort_salt.txt into each "
+                        "shard's folder before indexing)")
         metas.append((p, m))
         series += _read_csv(d / "series.csv")
         sources += _read_csv(d / "sources.csv")
@@ -322,11 +328,7 @@ def merge(cohort, sources=()) -> MergeSummary:
         conf0 = None
         for i, d in ext.items():
             p = d / "shard.json"
-            if not p.is_file():
-                raise ManifestError("missing (the shard did not finish: run it again)", p)
-            m = json.loads(p.read_text(encoding="utf-8"))
-            if m.get("salt_id") != sid:
-                raise ConfigError(f"{p}: extracted with another salt than {salt_file}; keys cannot be merged")
+            m = _shard_meta(p, sid, "extracted", salt_file)
             conf = {k: v for k, v in (m.get("config") or {}).items() if k != "device"}
             if conf0 is not None and conf != conf0[1]:
                 diff = next(k for k in sorted(set(conf) | set(conf0[1])) if conf.get(k) != conf0[1].get(k))

@@ -35,13 +35,11 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import nn
@@ -49,6 +47,8 @@ from torch import nn
 from . import checkpoint as ckpt
 from .atomic import write_csv, write_json
 from .device import amp_dtype as _amp_dtype
+from .diagnostics import ActivationProbe, grad_norms
+from .distributed import DistInfo, dist_info, make_loader, set_epoch, setup_distributed, to_device  # noqa: F401
 from .device import select_device
 from .errors import CheckpointError, ConfigError
 from .progress import Progress
@@ -121,84 +121,11 @@ class TrainConfig:
         return from_dict(cls, d, "training")
 
 
-# --------------------------------------------------------------------------- device / distributed
-
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world > 1
-
-
-def dist_info() -> DistInfo:
-    """Rank / world size from the ``torchrun`` environment (1 process when not launched so)."""
-    return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                    int(os.environ.get("LOCAL_RANK", 0)))
-
-
-def setup_distributed() -> DistInfo:
-    info = dist_info()
-    if info.enabled:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-            if torch.cuda.is_available():
-                torch.cuda.set_device(info.local_rank)
-            dist.init_process_group(backend=backend)
-    return info
-
+# --------------------------------------------------------------------------- device
 
 def amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for this config on this device (None = full fp32)."""
     return _amp_dtype(config.amp, device)
-
-
-def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
-    """Move tensors in (nested) dict/list/tuple batches to ``device`` (non-blocking from pinned
-    memory); 5-D float tensors go channels-last-3d when asked."""
-    if torch.is_tensor(batch):
-        t = batch.to(device, non_blocking=True)
-        if channels_last and t.dim() == 5 and t.is_floating_point():
-            t = t.contiguous(memory_format=torch.channels_last_3d)
-        return t
-    if isinstance(batch, dict):
-        return {k: to_device(v, device, channels_last) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(v, device, channels_last) for v in batch)
-    return batch
-
-
-def make_loader(dataset, batch_size: int, *, shuffle: bool, num_workers: int = 0, drop_last: bool = False,
-                seed: int = 0, collate_fn=None, device: torch.device | None = None):
-    """A DataLoader that splits the data across ranks under torchrun (DistributedSampler), with
-    worker processes, pinned memory on CUDA and persistent workers."""
-    from torch.utils.data import DataLoader, DistributedSampler
-
-    info = dist_info()
-    sampler = None
-    if info.enabled:
-        sampler = DistributedSampler(dataset, num_replicas=info.world, rank=info.rank, shuffle=shuffle,
-                                     seed=seed, drop_last=drop_last)
-        shuffle = False
-    pin = bool(device is not None and device.type == "cuda")
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=num_workers,
-                      drop_last=drop_last, collate_fn=collate_fn, pin_memory=pin,
-                      persistent_workers=num_workers > 0)
-
-
-def _set_epoch(loader, epoch: int) -> None:
-    for obj in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
-        if obj is not None and hasattr(obj, "set_epoch"):
-            obj.set_epoch(epoch)
 
 
 # --------------------------------------------------------------------------- plateau schedule
@@ -264,7 +191,7 @@ def run_epoch(model, loss_fn, loader, device, *, train: bool, optimizer=None, sc
                 with torch.no_grad():
                     batch = augment(batch)
             amp = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-            probe = _ActivationProbe(model) if diagnose and i == 0 else None
+            probe = ActivationProbe(model) if diagnose and i == 0 else None
             try:
                 with torch.set_grad_enabled(train), amp:
                     loss, metrics = loss_fn(model, batch, train)
@@ -281,7 +208,7 @@ def run_epoch(model, loss_fn, loader, device, *, train: bool, optimizer=None, sc
                 else:
                     loss.backward()
                 if probe is not None:
-                    diag.update(_grad_norms(model))
+                    diag.update(grad_norms(model))
                 if grad_clip:
                     nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
                 if scaler is not None:
@@ -303,46 +230,6 @@ def run_epoch(model, loss_fn, loader, device, *, train: bool, optimizer=None, sc
         raise FloatingPointError("training loss is not finite (lower the learning rate?)")
     out = _mean(sums, counts, info, device)
     out.update({k: round(v, 6) for k, v in diag.items()})
-    return out
-
-
-def _layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The weight layers (convolutions, linear) worth watching, by short name."""
-    out = []
-    for name, m in model.named_modules():
-        if isinstance(m, (nn.Conv2d, nn.Conv3d, nn.Linear)):
-            short = name.replace("module.", "").replace("net.", "").replace("trunk.", "").replace(".", "_")
-            out.append((short, m))
-    return out[:16]
-
-
-class _ActivationProbe:
-    """Forward hooks recording each weight layer's output standard deviation on one batch."""
-
-    def __init__(self, model: nn.Module):
-        self.values: dict[str, float] = {}
-        self.handles = []
-        for name, m in _layers(model):
-            self.handles.append(m.register_forward_hook(self._hook(name)))
-
-    def _hook(self, name):
-        def hook(mod, inp, out):
-            if torch.is_tensor(out) and out.numel() > 1:
-                self.values[f"act_{name}"] = float(out.detach().float().std())
-        return hook
-
-    def close(self) -> dict[str, float]:
-        for h in self.handles:
-            h.remove()
-        return self.values
-
-
-def _grad_norms(model: nn.Module) -> dict[str, float]:
-    out = {}
-    for name, m in _layers(model):
-        g = [p.grad for p in m.parameters(recurse=False) if p.grad is not None]
-        if g:
-            out[f"grad_{name}"] = float(torch.sqrt(sum((x.detach().float() ** 2).sum() for x in g)))
     return out
 
 
@@ -460,7 +347,7 @@ def fit(model: nn.Module, loss_fn: Callable, train_loader, val_loader, config: T
                 stop_reason = "plateau"
                 break
             t0 = time.time()
-            _set_epoch(train_loader, epoch)
+            set_epoch(train_loader, epoch)
             set_lr = set_lr_for(epoch)
             if set_lr is not None:
                 set_lr(0)
@@ -479,7 +366,7 @@ def fit(model: nn.Module, loss_fn: Callable, train_loader, val_loader, config: T
                         if info.is_main:
                             print(f"warning: {warnings_[-1]}", flush=True)
             if val_loader is not None:
-                _set_epoch(val_loader, 0)
+                set_epoch(val_loader, 0)
                 va = run_epoch(train_model, loss_fn, val_loader, device, train=False, dtype=dtype,
                                channels_last=channels_last, desc="validation", info=info)
             else:
@@ -534,17 +421,3 @@ def _fieldnames(history: list[dict]) -> list[str]:
             if k not in names:
                 names.append(k)
     return names
-
-
-def load_config_file(path) -> dict:
-    """A JSON config file ``{"train": {...}, "model": {...}, "data": {...}}`` (any part optional)."""
-    p = Path(path)
-    try:
-        d = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError("config file not found", p)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"config file is not valid JSON ({e})", p)
-    if not isinstance(d, dict):
-        raise ConfigError("config file must hold a JSON object", p)
-    return d

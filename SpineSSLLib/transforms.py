@@ -30,6 +30,10 @@ class AugmentConfig:
     intensity: float = 0.2          # multiplicative: v * (1 + U(-0.2, 0.2))
     flip: bool = True               # slice-order reflection
     enabled: bool = True
+    # appearance (off in the paper's recipe): contrast curves, coil bias and noise of other scanners
+    gamma: float = 0.0              # v ** exp(U(-g, g)) (values stay in [0, 1])
+    bias: float = 0.0               # x (1 + b * smooth in-plane field), a random plane + bowl per volume
+    noise: float = 0.0              # + N(0, noise) where the volume is not zero padding
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -76,7 +80,30 @@ class VolumeAugment:
         gain = (1 + (2 * u[:, 5] - 1) * self.config.intensity).to(device=x.device, dtype=torch.float32)
         y = y * gain.view(-1, 1, 1, 1, 1)
         y = torch.where(flip.to(x.device).view(-1, 1, 1, 1, 1), torch.flip(y, dims=(2,)), y)
+        y = self._appearance(y)
         return y.to(x.dtype)
+
+    def _appearance(self, y):
+        """Gamma, a smooth multiplicative bias field and noise (each only when configured, so the
+        random stream of a configuration without them is unchanged)."""
+        import torch
+
+        c, n = self.config, y.shape[0]
+        if c.gamma:
+            g = torch.exp((2 * torch.rand(n, dtype=torch.float64) - 1) * c.gamma).to(y.device, torch.float32)
+            y = y.clamp_min(0).pow(g.view(-1, 1, 1, 1, 1))
+        if c.bias:
+            k = (2 * torch.rand(n, 4, dtype=torch.float64) - 1).to(y.device, torch.float32)
+            h, w = y.shape[-2:]
+            r = torch.linspace(-1, 1, h, device=y.device).view(1, h, 1)
+            q = torch.linspace(-1, 1, w, device=y.device).view(1, 1, w)
+            field = k[:, 0, None, None] * r + k[:, 1, None, None] * q + k[:, 2, None, None] * (r * r + q * q - 0.66) \
+                + k[:, 3, None, None] * r * q
+            y = y * (1 + c.bias * field / 2).clamp_min(0.2).view(n, 1, 1, h, w)
+        if c.noise:
+            gen = torch.randn(y.shape, dtype=torch.float32)
+            y = y + (y != 0) * c.noise * gen.to(y.device)
+        return y
 
     def _flips(self, n: int):
         import torch

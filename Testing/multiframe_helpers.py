@@ -41,11 +41,16 @@ def legacy_convert(datasets, out_path, stack_ids=None, series_uid=None):
     # highdicom 0.27 copies the first image's orientation into the shared groups: several
     # orientations (stacks) in one file need it per frame
     per_frame_iop = len({tuple(float(v) for v in ds.ImageOrientationPatient) for ds in datasets}) > 1
-    if per_frame_iop:
-        del mf.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence
+    shared = mf.SharedFunctionalGroupsSequence[0]
+    if per_frame_iop and "PlaneOrientationSequence" in shared:  # 0.28 already writes it per frame
+        del shared.PlaneOrientationSequence
+    # highdicom 0.28 appends " (enhanced conversion)" to the description; the tests compare what
+    # is read from a copy with the original, so the copy keeps the source's description
+    if "SeriesDescription" in ref:
+        mf.SeriesDescription = ref.SeriesDescription
     for item in mf.PerFrameFunctionalGroupsSequence:
         src = by_uid[str(item.ConversionSourceAttributesSequence[0].ReferencedSOPInstanceUID)]
-        if per_frame_iop:
+        if per_frame_iop and "PlaneOrientationSequence" not in item:
             po = pydicom.Dataset()
             po.ImageOrientationPatient = src.ImageOrientationPatient
             item.PlaneOrientationSequence = [po]

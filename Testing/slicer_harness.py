@@ -34,8 +34,16 @@ MODULE_DIR = REPO / "SpineSSL"
 VERSIONS = ("5.10", "5.12")
 
 # names the harness adds to sys.modules (restored/removed on uninstall)
-_MODULE_NAMES = ("qt", "ctk", "SampleData", "SpineSSL", "SpineSSLJobs", "SpineSSLDependencies", "slicer.util",
-                 "slicer.i18n", "slicer.ScriptedLoadableModule")
+_MODULE_NAMES = ("qt", "ctk", "SampleData", "SpineSSL", "slicer.util", "slicer.i18n", "slicer.ScriptedLoadableModule")
+# packages the harness imports afresh for each Slicer version (with their submodules): the module's
+# helpers (SpineSSLModuleLib.logic builds its parameter node with that version's wrapper)
+_PACKAGES = ("slicer.parameterNodeWrapper", "SpineSSLModuleLib")
+
+
+def _ours(name: str) -> bool:
+    return name in _MODULE_NAMES or any(name == p or name.startswith(p + ".") for p in _PACKAGES)
+
+
 # slicer.* widget classes the GUI connectors name; without a stand-in they are placeholders
 _SLICER_PLACEHOLDERS = ("qMRMLSliderWidget", "qMRMLSpinBox", "qMRMLRangeWidget", "qMRMLScreenShotDialog",
                         "qMRMLUtils", "qSlicerWidget")
@@ -62,7 +70,7 @@ class Harness:
 
         root = SHARED / self.version
         for name in list(sys.modules):
-            if name in _MODULE_NAMES or name.startswith("slicer.parameterNodeWrapper"):
+            if _ours(name):
                 self._saved_modules[name] = sys.modules.pop(name)
         self._saved_path = list(slicer.__path__)
         slicer.__path__.insert(0, str(root / "slicer"))
@@ -190,7 +198,7 @@ class Harness:
         for t in list(S.QTimer.active):
             t.stop()
         for name in list(sys.modules):
-            if name in _MODULE_NAMES or name.startswith("slicer.parameterNodeWrapper"):
+            if _ours(name):
                 del sys.modules[name]
         sys.modules.update(self._saved_modules)
         slicer.__path__[:] = self._saved_path

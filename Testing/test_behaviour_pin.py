@@ -35,7 +35,11 @@ def run_pinned(tmp):
     rows = [r for r in cohort_rows(8, frac_long=0.75, three_visit_every=10**9) if r.level in ("L1", "L2")]
     write_cohort(tmp / "cohort", rows)
     conf = tmp / "pretrain.json"
-    conf.write_text(json.dumps({"model": {**MODEL, "init": "fan_out", "norm": "lrn"},
+    conf.write_text(json.dumps({"model": {**MODEL, "init": "fan_out", "norm": "lrn", "dropout": 0.5},
+                                "pairs": {"self_pairs": 0.0},
+                                "augment": {"rotate_deg": 15.0, "translate_x": 48.0, "translate_y": 24.0,
+                                            "translate_z": 2.0, "scale": [0.9, 1.1], "intensity": 0.2,
+                                            "gamma": 0.0, "bias": 0.0, "noise": 0.0},
                                 "train": {"optimizer": "sgd", "schedule": "plateau", "lr": 0.01, "momentum": 0.9,
                                           "weight_decay": 5e-4, "grad_clip": 0.0, "warmup_epochs": 0},
                                 "loss": {"objective": "contrastive", "margin": 1.0, "level_weight": 1.0,

@@ -58,7 +58,7 @@ def models(tmp_path_factory):
 
     from SpineSSLLib import checkpoint as ckpt
     from SpineSSLLib.grading import IVD_HW
-    from SpineSSLLib.models import ModelConfig, VGGMNet
+    from SpineSSLLib.models import ModelConfig, SiameseNet, VGGMNet
 
     root = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
@@ -66,7 +66,7 @@ def models(tmp_path_factory):
     ckpt.save_checkpoint(root / "grading" / "best", VGGMNet(cfg, 4, IVD_HW), {
         "task": "grade", "model": cfg.to_dict(), "num_classes": 4, "in_hw": list(IVD_HW),
         "class_names": ["1", "2", "3", "4"]})
-    ckpt.save_checkpoint(root / "pretrain" / "best", VGGMNet(cfg, 7, (224, 224)), {
+    ckpt.save_checkpoint(root / "pretrain" / "best", SiameseNet(VGGMNet(cfg, 7, (224, 224)), 0), {  # as pretrain saves it
         "task": "pretrain", "model": cfg.to_dict(), "num_classes": 7, "in_hw": [224, 224]})
     return root
 
@@ -485,12 +485,12 @@ def test_cancel_ends_the_whole_process_tree(h, scene, tmp_path):
 def test_output_reader_survives_undecodable_bytes_and_read_errors(h):
     """Defect 8: the reader thread died on a decode error and the panel waited forever."""
     import slicer
-    import SpineSSLJobs
+    from SpineSSLModuleLib import jobs
 
     proc = slicer.util.launchConsoleProcess(
         [sys.executable, "-c", "import sys; sys.stdout.buffer.write(b'ok\\n\\xff\\xfe bad\\nPROGRESS 1/1 x\\n')"])
     q = queue.Queue()
-    threading.Thread(target=SpineSSLJobs.read_output, args=(proc, q), daemon=True).start()
+    threading.Thread(target=jobs.read_output, args=(proc, q), daemon=True).start()
     lines = []
     while True:
         line = q.get(timeout=30)  # queue.Empty here = the end marker never came
@@ -504,7 +504,7 @@ def test_output_reader_survives_undecodable_bytes_and_read_errors(h):
     proc.wait()
     proc.stdout.close()
     q = queue.Queue()
-    SpineSSLJobs.read_output(proc, q)
+    jobs.read_output(proc, q)
     first = q.get_nowait()
     assert first.startswith("(output of the job could not be read: ValueError") and q.get_nowait() is None
 
@@ -520,7 +520,7 @@ def test_dependency_plan_is_shown_and_confirmed_before_anything_is_installed(h, 
     import ctk
     import qt
     import slicer
-    import SpineSSLDependencies as D
+    from SpineSSLModuleLib import dependencies as D
 
     plan = D.plan()
     assert plan.ready, plan.summary()  # the test environment has everything
@@ -561,7 +561,7 @@ def test_dependency_plan_is_shown_and_confirmed_before_anything_is_installed(h, 
 
 def test_pip_install_runs_against_constraints_that_keep_torch_and_slicers_packages(h, monkeypatch, tmp_path):
 
-    import SpineSSLDependencies as D
+    from SpineSSLModuleLib import dependencies as D
 
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
@@ -610,7 +610,7 @@ print("ok", mod.SpineSSLLogic.backendVersion())
 
 def test_self_test_runs_and_installs_nothing(h, scene):
     import slicer
-    import SpineSSLDependencies as D
+    from SpineSSLModuleLib import dependencies as D
 
     calls = []
     logic = h.module.SpineSSLLogic

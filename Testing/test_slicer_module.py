@@ -19,8 +19,9 @@ from SpineSSLLib.cli import main as cli
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE = REPO / "SpineSSL" / "SpineSSL.py"
-JOBS = REPO / "SpineSSL" / "SpineSSLJobs.py"
-DEPENDENCIES = REPO / "SpineSSL" / "SpineSSLDependencies.py"
+LOGIC = REPO / "SpineSSL" / "SpineSSLModuleLib" / "logic.py"
+JOBS = REPO / "SpineSSL" / "SpineSSLModuleLib" / "jobs.py"
+DEPENDENCIES = REPO / "SpineSSL" / "SpineSSLModuleLib" / "dependencies.py"
 BATCH = REPO / "SpineSSL" / "Scripts" / "SpineSSLBatch.py"
 FIGURES = REPO / "SpineSSL" / "Scripts" / "SpineSSLFigures.py"
 UI = REPO / "SpineSSL" / "Resources" / "UI" / "SpineSSL.ui"
@@ -120,8 +121,8 @@ def test_batch_main_exit_codes(cohort, tmp_path):
 
 # --- static checks of what only real Slicer runs ---------------------------------------------
 
-def _module_tree():
-    return ast.parse(MODULE.read_text(), filename=str(MODULE))
+def _module_tree(path=MODULE):
+    return ast.parse(path.read_text(), filename=str(path))
 
 
 def _ui_widgets():
@@ -136,8 +137,8 @@ def _ui_widgets():
 
 
 def test_module_parameter_node_fields_match_the_ui_and_every_ui_reference_exists():
-    tree = _module_tree()
-    wrapper = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SpineSSLParameterNode")
+    tree, logic = _module_tree(), _module_tree(LOGIC)
+    wrapper = next(n for n in logic.body if isinstance(n, ast.ClassDef) and n.name == "SpineSSLParameterNode")
     assert any(ast.unparse(d) == "parameterNodeWrapper" for d in wrapper.decorator_list)
     fields = {n.target.id for n in wrapper.body if isinstance(n, ast.AnnAssign)}
     widgets, params = _ui_widgets()
@@ -146,16 +147,15 @@ def test_module_parameter_node_fields_match_the_ui_and_every_ui_reference_exists
                   and isinstance(n.value, ast.Attribute) and n.value.attr == "ui"}
     missing = sorted(referenced - set(widgets))
     assert not missing, f"SpineSSL.py uses ui widgets that the .ui lacks: {missing}"
-    # every parameter the logic reads exists in the parameter node
-    used = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
-            and n.value.id == "p"}
+    # every parameter the widget and the logic read exists in the parameter node
+    used = {n.attr for t in (tree, logic) for n in ast.walk(t) if isinstance(n, ast.Attribute)
+            and isinstance(n.value, ast.Name) and n.value.id == "p"}
     assert used <= fields | {"GetID"}, used - fields
 
 
 def test_module_template_shape_sample_data_dependencies_and_subprocess():
-    src = MODULE.read_text()
-    tree = _module_tree()
-    funcs = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+    src = MODULE.read_text() + LOGIC.read_text()
+    funcs = {n.name for t in (_module_tree(), _module_tree(LOGIC)) for n in ast.walk(t) if isinstance(n, ast.FunctionDef)}
     for name in ("registerSampleData", "ensureDependencies", "startCli", "stopCli", "onCancel", "extract", "grade",
                  "compare", "loadSyntheticSubject", "runTest", "test_sample_extract_and_outputs"):
         assert name in funcs, name
@@ -164,15 +164,18 @@ def test_module_template_shape_sample_data_dependencies_and_subprocess():
     jobs = JOBS.read_text()
     assert "launchConsoleProcess" in src and '"SPINESSL_PROGRESS": "lines"' in jobs and "PythonSlicer" in jobs
     # no heavy import at module import time: torch/SpineSSLLib only inside functions
-    for path in (MODULE, JOBS, DEPENDENCIES):
+    for path in (MODULE, LOGIC, JOBS, DEPENDENCIES):
         body = ast.parse(path.read_text()).body
         top = {a.name.split(".")[0] for n in body if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names} | {
             n.module.split(".")[0] for n in body if isinstance(n, ast.ImportFrom) and n.module}
         assert not top & {"torch", "SpineSSLLib", "monai", "numpy", "psutil"}, (path.name, top)
     cmake = (REPO / "SpineSSL" / "CMakeLists.txt").read_text()
-    for f in ("${MODULE_NAME}Jobs.py", "${MODULE_NAME}Dependencies.py", "Scripts/${MODULE_NAME}Batch.py",
-              "Resources/SegmentationCategoryTypeModifier-${MODULE_NAME}.term.json"):
+    helpers = sorted(p.relative_to(MODULE.parent).as_posix() for p in (MODULE.parent / "SpineSSLModuleLib").glob("*.py"))
+    for f in [h.replace("SpineSSL", "${MODULE_NAME}", 1) for h in helpers] + [
+            "Scripts/${MODULE_NAME}Batch.py", "Resources/SegmentationCategoryTypeModifier-${MODULE_NAME}.term.json"]:
         assert f in cmake, f
+    # Slicer loads every .py file directly in a scripted-module folder as a module: helpers go in a package
+    assert sorted(p.name for p in MODULE.parent.glob("*.py")) == ["SpineSSL.py"]
 
 
 def _cmake_glob_recurse_files():

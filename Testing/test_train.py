@@ -144,7 +144,7 @@ def test_tiny_siamese_run_overfits(tmp_path):
                                            "schedule": "plateau", "weight_decay": 5e-4, "grad_clip": 0.0},
                                  "loss": {"objective": "contrastive", "margin": 1.0, "normalize": False,
                                           "projection": 0},
-                                 "augment": {"enabled": False}})
+                                 "pairs": {"self_pairs": 0.0}, "augment": {"enabled": False}})
     s = run_pretraining(tmp_path / "c", tmp_path / "o", cfg, splits_path=tmp_path / "splits.json", progress=False)
     assert s["epochs"] == 40 and s["positive_pairs"]["train"] == 12   # subject 0 has 3 visits
     model_cfg = cfg.model

@@ -17,7 +17,6 @@ Usage:  .venv/bin/python benchmarks/grade_latency.py [--threads 2] [--repeats 3]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile

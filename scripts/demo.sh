@@ -21,7 +21,7 @@ python SpineSSL/Scripts/SpineSSLFigures.py "$OUT/slicer-batch" --out "$OUT/image
 # Longitudinal self-supervised pretraining (docs/pretraining.md): a short run of the `small` Siamese
 # network on the cohort's follow-up pairs, then the same/different-subject ROC AUC and VB-level accuracy
 # on the held-out test subjects (report + Fig.-6 style PNGs in $OUT/pretrain/eval_test).
-spine-ssl -q pretrain "$OUT/C" --out "$OUT/pretrain" --preset small --epochs 2 --lr 0.01 --batch-size 16
+spine-ssl -q pretrain "$OUT/C" --out "$OUT/pretrain" --epochs 8
 spine-ssl -q eval-pairs "$OUT/pretrain" "$OUT/C" --out "$OUT/pretrain/eval_test"
 # Disc-degeneration grading (docs/grading.md): transfer the pretrained conv weights (ssl-frozen) when a
 # pretraining ran above, else train from scratch; then grade one extracted scan (JSON + CSV, with TTA).

@@ -2,4 +2,4 @@
 
 # Order in ``spine-ssl --help``: the pipeline order.
 ORDER = ["info", "synth", "synth-alt", "index", "extract", "merge", "detect-train", "detect", "pretrain", "eval-pairs",
-         "grade-train", "grade", "reproduce", "reid-audit", "audit-outputs"]
+         "probe", "grade-train", "grade", "reproduce", "reid-audit", "audit-outputs"]

@@ -41,7 +41,8 @@ def run(args) -> int:
 
     from .. import shard as S
     from ..errors import ConfigError
-    from ..extract import ExtractConfig, LevelSource, run_extraction
+    from ..extract import ExtractConfig, run_extraction
+    from ..levels import LevelSource
 
     if args.workers < 1:
         raise ConfigError("--workers must be >= 1")

@@ -7,8 +7,10 @@ DESCRIPTION = (
     "extract, longitudinal pretraining, a supervised source network on a second disjoint cohort, "
     "then for each training-set size (the paper's 240/361/670 subjects, scaled; nested subsets) x "
     "transfer mode x seed a grading model and its test average class accuracy. Writes report.md "
-    "(table with 95% CIs, naive baselines, timings) and fig8.png. Resumable: run the same command "
-    "again after an interruption.")
+    "(table with 95% CIs, paired tests across seeds, naive baselines, pretraining figures beside the "
+    "raw-pixel AUC, frozen-trunk probes, both pair objectives at equal compute, timings) and fig8.png. "
+    "On your own archive: --cohort DICOM_FOLDER --levels KIND:FOLDER --grades CSV. Resumable: run the "
+    "same command again after an interruption.")
 
 
 def add_arguments(parser):
@@ -21,6 +23,11 @@ def add_arguments(parser):
     parser.add_argument("--levels", help="level source of --cohort for `spine-ssl extract` (KIND:FOLDER); "
                         "synthetic cohorts use their truth files")
     parser.add_argument("--supervised-levels", help="level source of --supervised-cohort (KIND:FOLDER)")
+    parser.add_argument("--grades", help="disc gradings of --cohort: a CSV as for `spine-ssl extract --grades` "
+                        "(synthetic cohorts use their truth files)")
+    parser.add_argument("--supervised-grades", help="disc gradings of --supervised-cohort (CSV)")
+    parser.add_argument("--no-compare-objective", action="store_true",
+                        help="skip the second pretraining with the other pair objective (contrastive <-> NT-Xent)")
     parser.add_argument("--report-only", action="store_true",
                         help="only (re)write report.md and fig8.png from the runs finished so far")
     parser.add_argument("--shard", default="0/1", help="I/N: this process does every N-th grading run "
@@ -61,16 +68,18 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     cfg = reproduce.preset(args.preset, **over)
     if args.pretrain_epochs:
-        a = list(cfg.pretrain_args)
-        if "--epochs" in a:
-            a[a.index("--epochs") + 1] = str(args.pretrain_epochs)
-        else:
-            a += ["--epochs", str(args.pretrain_epochs)]
-        cfg.pretrain_args = a
+        from ..config import merge
+
+        cfg.pretrain = merge(cfg.pretrain, {"train": {"max_epochs": args.pretrain_epochs}})
     if args.grade_epochs:
-        cfg.grade = {**cfg.grade, "max_epochs": args.grade_epochs}
+        from ..config import merge
+
+        cfg.grade = merge(cfg.grade, {"train": {"max_epochs": args.grade_epochs}})
+    if args.no_compare_objective:
+        cfg.compare_objective = False
     rep = reproduce.Reproduction(args.out, cfg, cohort=args.cohort, supervised_cohort=args.supervised_cohort,
-                                 levels=args.levels, supervised_levels=args.supervised_levels)
+                                 levels=args.levels, supervised_levels=args.supervised_levels, grades=args.grades,
+                                 supervised_grades=args.supervised_grades)
     if args.report_only:
         from ..reproduce import write_report
 

@@ -11,36 +11,26 @@ DESCRIPTION = (
 
 
 def add_arguments(parser):
-    parser.add_argument("out", help="output folder (must be empty or absent unless --overwrite)")
-    parser.add_argument("--preset", default="eval", help="tiny | eval | large (default: eval, 40 subjects)")
-    parser.add_argument("--subjects", type=int, default=None, help="number of subjects")
-    parser.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
-    parser.add_argument("--followup-fraction", type=float, default=None, help="share of subjects with follow-ups")
-    parser.add_argument("--twin-fraction", type=float, default=None, help="share of subjects in twin pairs")
-    parser.add_argument("--graded-fraction", type=float, default=None, help="share of subjects with disc grades")
-    parser.add_argument("--rater-noise", type=float, default=None, help="share of grades moved to an adjacent grade")
-    parser.add_argument("--max-matrix", type=int, default=None,
-                        help="cap of the reconstructed in-plane matrix (default 768; tiny: 320)")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="worker processes (default: 2, or 1 on a single-core machine); output does not depend on it")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    from ._synthetic import add_cohort_arguments, add_rater_noise, add_twin_grade_arguments
+
+    def knobs(p):
+        add_twin_grade_arguments(p)
+        add_rater_noise(p)
+        p.add_argument("--max-matrix", type=int, default=None,
+                       help="cap of the reconstructed in-plane matrix (default 768; tiny: 320)")
+
+    add_cohort_arguments(parser, "eval", "tiny | eval | large (default: eval, 40 subjects)", knobs)
 
 
 def run(args) -> int:
-    import os
-
     from ..synth_alt.cohort import generate_cohort
     from ..synth_alt.config import preset
+    from ._synthetic import print_summary, workers
 
     cfg = preset(args.preset, subjects=args.subjects, seed=args.seed, followup_fraction=args.followup_fraction,
                  twin_fraction=args.twin_fraction, graded_fraction=args.graded_fraction,
                  rater_noise=args.rater_noise, max_matrix=args.max_matrix)
-    workers = args.workers if args.workers is not None else min(2, os.cpu_count() or 1)
-    s = generate_cohort(args.out, cfg, overwrite=args.overwrite, workers=workers)
-    h = s["grade_histogram"]
-    print(f"held-out evaluation cohort in {args.out}: {s['subjects']} subjects ({s['twin_pairs']} twin pairs, "
-          f"{s['with_followup']} with follow-ups), {s['scans']} scans -- evaluation only, never train on it")
-    print("field strength: " + ", ".join(f"{k}: {v}" for k, v in s["field_strength"].items())
-          + f"; fat-suppressed: {s['fat_suppressed_scans']}")
-    print("disc grades: " + ", ".join(f"{k}: {v}" for k, v in h.items()))
+    s = generate_cohort(args.out, cfg, overwrite=args.overwrite, workers=workers(args))
+    print_summary(s, f"held-out evaluation cohort in {args.out}", " -- evaluation only, never train on it",
+                  f"; fat-suppressed: {s['fat_suppressed_scans']}")
     return 0

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 
 from .. import DISC_NAMES, LEVEL_NAMES
+from ..levels.sources import LevelSource, load_grades_csv
 from .files import save_volumes
 from .qc import qc_figure
-from .sources import LevelSource, load_grades_csv
 from .volumes import ExtractConfig, extract_scan
 
 

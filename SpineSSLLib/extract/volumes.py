@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import DISC_NAMES, LEVEL_NAMES
-from ..levels import LevelSet, check_in_volume, estimate_corners
+from ..levels import LevelSet, prepared_levels
 
 _POSTERIOR = np.array([0.0, 1.0, 0.0])
 _SUPERIOR = np.array([0.0, 0.0, 1.0])
@@ -199,8 +199,7 @@ def extract_scan(scan, levels: LevelSet, config: ExtractConfig | None = None) ->
     S, half = cfg.n_slices, cfg.n_slices // 2
     K, J, I = scan.shape
     issues = list(levels.issues)
-    normal = scan.affine[:3, 2] / np.linalg.norm(scan.affine[:3, 2])
-    levels = estimate_corners(check_in_volume(levels, scan), normal)
+    levels = prepared_levels(scan, levels)
     issues += [s for s in levels.issues if s not in issues]
     n, sgn, dk, vb_boxes, ivd_boxes, plan_issues = _plan(scan, levels, cfg)
     issues += plan_issues

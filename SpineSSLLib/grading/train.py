@@ -128,6 +128,7 @@ def _loss_fn(weights):
         acc = (logits.argmax(1) == y).float().mean()
         return loss, {"acc": acc}
 
+    loss_fn.class_weights = weights  # what the loss weighs by (recorded in the checkpoints)
     return loss_fn
 
 
@@ -223,9 +224,13 @@ def train_grading(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg
     w = class_weights(labels["train"], len(class_names)) if cfg.transfer.class_balanced else None
     ck_config = {"task": "grade", "model": mcfg.to_dict(), "num_classes": len(class_names), "in_hw": list(IVD_HW),
                  "class_names": class_names, "mode": cfg.mode, "grade_config": cfg.to_dict(),
+                 "class_weights": None,
                  "pretrained": None if pretrained is None else _checkpoint_fingerprint(pretrained)}
     resume = resume and ckpt.exists(out / "last")
-    res = fit(model, _loss_fn(w), train_loader, val_loader, tcfg, out, checkpoint_config=ck_config,
+    loss_fn = _loss_fn(w)
+    if loss_fn.class_weights is not None:
+        ck_config["class_weights"] = [round(float(v), 6) for v in loss_fn.class_weights]
+    res = fit(model, loss_fn, train_loader, val_loader, tcfg, out, checkpoint_config=ck_config,
               resume=resume, augment=_augmenter(cfg.augment, net_hw), device=device,
               chance={"loss": math.log(len(class_names))} if cfg.mode not in FROZEN_MODES else None)
     if not is_main:  # rank 0 evaluates and writes; other ranks are done

@@ -7,28 +7,22 @@ Layout (docs/developer.md "Synthetic cohort layout"):
 Subjects are generated and written one family at a time (memory does not grow with the number
 of subjects), optionally in worker processes; the output is written into a hidden temporary
 folder beside OUT and renamed into place at the end, so a failed or interrupted run leaves
-nothing half-written.  Every value (UIDs, fake IDs, dates) derives from the seed: the same seed
+nothing half-written (``writer``: the output code every generator shares).  Every value (UIDs, fake IDs, dates) derives from the seed: the same seed
 gives byte-identical files.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import hashlib
-import os
-import shutil
-import tempfile
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from .. import DISC_NAMES, __version__, atomic
-from ..errors import ConfigError, InputError
 from .config import SynthConfig
+from .writer import LAYOUT, TRUTH_SCHEMA, cohort_summary, run_families, stored_reversed, truth_levels, write_cohort
 
-TRUTH_SCHEMA = "spinessl.synth.truth/1"
 COHORT_SCHEMA = "spinessl.synth.cohort/1"
 UID_ROOT = "1.2.826.0.1.3680043.10.1453."  # synthetic-data UIDs (pydicom-style root + project arc)
 _BASE_DATE = _dt.date(1996, 1, 1)
@@ -112,7 +106,6 @@ def _write_family(cfg: SynthConfig, fam_index: int, first: int, size: int, root:
     from . import anatomy, render
     from .dicom import write_series
     from .labels import write_labelmap
-    from ..levels import Level, LevelSet
 
     thresholds = anatomy.score_thresholds(cfg)
     rows = []
@@ -138,16 +131,11 @@ def _write_family(cfg: SynthConfig, fam_index: int, first: int, size: int, root:
             header["FrameOfReferenceUID"] = _uid(cfg, sa.subject_id, visit, "frame")
             arr, aff = out.array, out.affine
             if acq.flipped:  # stored left-to-right: instance 1 is the last slice along the normal
-                aff = aff.copy()
-                aff[:3, 3] = aff[:3, :3] @ [0, 0, K - 1] + aff[:3, 3]
-                aff[:3, 2] = -aff[:3, 2]
-                arr = arr[::-1]
+                arr, aff = stored_reversed(arr, aff)
             write_series(root / "dicom" / sa.subject_id / str(visit), arr, aff, header,
                          series_uid=series_uid, study_uid=study_uid, file_names=names)
             label_name = f"{series_uid}_labels.nii.gz"
             write_labelmap(root / "truth" / label_name, out.labels, out.affine)
-            ls = LevelSet({n: Level(n, d["centroid"], d["corners"], d["slice_range"], d["mid_slice"])
-                           for n, d in out.levels.items()}, source="synthetic ground truth")
             discs = []
             for i, name in enumerate(DISC_NAMES):
                 c = out.discs[name]
@@ -161,7 +149,7 @@ def _write_family(cfg: SynthConfig, fam_index: int, first: int, size: int, root:
                 "dicom_dir": f"dicom/{sa.subject_id}/{visit}",
                 "age_years": round(va.age, 2), "sex": sa.sex,
                 "shape": list(out.array.shape), "affine_lps": [[round(float(v), 6) for v in row] for row in out.affine],
-                "levels": ls.to_dict(), "discs": discs, "labelmap": label_name,
+                "levels": truth_levels(out.levels, "synthetic ground truth"), "discs": discs, "labelmap": label_name,
                 "fingerprint": va.fingerprint(),
             }
             atomic.write_json(root / "truth" / f"{series_uid}.json", truth)
@@ -171,134 +159,25 @@ def _write_family(cfg: SynthConfig, fam_index: int, first: int, size: int, root:
     return rows
 
 
-def _check_output(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError("output exists and is not a folder", out_dir)
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise InputError("output folder is not empty (use --overwrite to replace it)", out_dir)
-    probe = out_dir.parent
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise InputError("cannot create the output folder here: not a folder", probe)
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise InputError("folder is not writable", probe)
-
-
 def generate_cohort(out_dir, config: SynthConfig | None = None, overwrite: bool = False, workers: int = 1) -> dict:
     """Write a synthetic cohort into ``out_dir``; returns the summary (also in cohort.json)."""
     cfg = (config or SynthConfig()).validate()
-    if not isinstance(workers, int) or workers < 1:
-        raise ConfigError(f"workers must be a positive integer, got {workers!r}")
-    out_dir = Path(out_dir).absolute()
-    _check_output(out_dir, overwrite)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    with _terminate_as_exit(), _cleanup_on_failure(tmp):
-        return _generate(cfg, out_dir, tmp, workers)
+    return write_cohort(out_dir, overwrite, workers, lambda tmp: _generate(cfg, tmp, workers))
 
 
-@contextlib.contextmanager
-def _terminate_as_exit():
-    """Turn SIGTERM into SystemExit while generating, so the partial folder is removed."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise SystemExit(128 + signum)
-
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
-@contextlib.contextmanager
-def _cleanup_on_failure(tmp: Path):
-    try:
-        yield
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _generate(cfg: SynthConfig, out_dir: Path, tmp: Path, workers: int) -> dict:
-    from .. import progress
-
-    plan = family_plan(cfg)
-    jobs = [(cfg.to_dict(), f, s, n, str(tmp)) for f, s, n in plan]
-    subjects = []
-    with progress.Progress(cfg.subjects, desc="synth subjects", unit="subject") as bar:
-        if workers == 1:
-            it = map(_subject_job, jobs)
-            pool = None
-        else:
-            import multiprocessing as mp
-
-            methods = mp.get_all_start_methods()
-            # forkserver, not fork: forking a process that already runs torch/BLAS threads (pytest
-            # workers, the Slicer subprocess) can deadlock the children.
-            pool = mp.get_context("forkserver" if "forkserver" in methods else "spawn").Pool(workers)
-            it = pool.imap(_subject_job, jobs)
-        try:
-            for rows in it:
-                subjects.extend(rows)
-                bar.update(len(rows))
-            if pool is not None:
-                pool.close()
-        finally:
-            if pool is not None:
-                pool.terminate()
-                pool.join()
-    summary = _summary(cfg, subjects)
+def _generate(cfg: SynthConfig, tmp: Path, workers: int) -> dict:
+    jobs = [(cfg.to_dict(), f, s, n, str(tmp)) for f, s, n in family_plan(cfg)]
+    subjects = run_families(_subject_job, jobs, workers, cfg.subjects, "synth subjects")
+    summary = cohort_summary(subjects)
     atomic.write_csv(tmp / "subjects.csv",
                      [{k: r[k] for k in ("subject_id", "family_id", "n_visits", "graded", "sex")} for r in subjects],
                      ["subject_id", "family_id", "n_visits", "graded", "sex"])
     atomic.write_json(tmp / "cohort.json", {
         "schema": COHORT_SCHEMA, "truth_schema": TRUTH_SCHEMA, "generator": f"SpineSSL {__version__}",
         "seed": cfg.seed, "config": cfg.to_dict(), "summary": summary,
-        "layout": {"dicom": "dicom/<subject_id>/<visit>/", "truth": "truth/<SeriesInstanceUID>.json",
-                   "labelmap": "truth/<SeriesInstanceUID>_labels.nii.gz"},
+        "layout": LAYOUT,
         "label_convention": "SPIDER: vertebrae from the bottom (L5=1 ... T12=6, T11=7, T10=8), S1=26 (SpineSSL), "
                             "discs L5-S1=201 ... T12-L1=206, canal=100",
         "grade_mapping": "Pfirrmann 1-2 -> 1, 3 -> 2, 4 -> 3, 5 -> 4",
     })
-    if out_dir.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        os.replace(out_dir, trash / "old")
-        os.replace(tmp, out_dir)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)
     return summary
-
-
-def _summary(cfg: SynthConfig, subjects: list[dict]) -> dict:
-    hist = Counter()
-    per_level = {d: Counter() for d in DISC_NAMES}
-    fs = Counter()
-    scans = 0
-    for s in subjects:
-        for sc in s["scans"]:
-            scans += 1
-            fs[f"{sc['field_strength']:.1f}T"] += 1
-            for d, g in zip(DISC_NAMES, sc["grades"]):
-                key = "ungraded" if g is None else str(g)
-                hist[key] += 1
-                per_level[d][key] += 1
-    fams = Counter(s["family_id"] for s in subjects)
-    return {
-        "subjects": len(subjects), "scans": scans,
-        "with_followup": sum(1 for s in subjects if s["n_visits"] > 1),
-        "three_visits": sum(1 for s in subjects if s["n_visits"] > 2),
-        "twin_pairs": sum(1 for v in fams.values() if v == 2), "families": len(fams),
-        "graded_subjects": sum(1 for s in subjects if s["graded"]),
-        "field_strength": dict(sorted(fs.items())),
-        "grade_histogram": {k: hist[k] for k in ("1", "2", "3", "4", "ungraded")},
-        "grade_histogram_per_disc": {d: {k: c[k] for k in ("1", "2", "3", "4", "ungraded")} for d, c in per_level.items()},
-    }

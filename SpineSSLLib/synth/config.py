@@ -11,7 +11,7 @@ radiological_gradings.csv mapped to the paper's four classes (``PFIRRMANN_TO_CLA
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..errors import ConfigError
 

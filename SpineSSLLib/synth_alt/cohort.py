@@ -4,8 +4,9 @@ Same output contract as ``spine-ssl synth`` (docs/developer.md "Synthetic cohort
 OUT/cohort.json, OUT/subjects.csv, OUT/dicom/<subject_id>/<visit>/..., OUT/truth/<UID>.json
 (schema ``spinessl.synth.truth/1``), OUT/truth/<UID>_labels.nii.gz (SPIDER numbering).  Only the
 output writers are shared with the main generator (``synth.dicom.write_series``,
-``synth.labels.write_labelmap``, the truth schema name); subjects, anatomy, rendering, scanner
-and header conventions are this package's own.
+``synth.labels.write_labelmap``, ``synth.writer``: output folder, worker pool, truth levels,
+summary counts, the truth schema name); subjects, anatomy, rendering, scanner and header
+conventions are this package's own.
 
 Written into a hidden ``.OUT.partial-*`` folder beside OUT, renamed into place at the end; an
 error, Ctrl-C or SIGTERM removes it.  Every value derives from the seed (byte-identical files).
@@ -13,20 +14,16 @@ error, Ctrl-C or SIGTERM removes it.  Every value derives from the seed (byte-id
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import hashlib
-import os
-import shutil
-import tempfile
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from .. import DISC_NAMES, __version__, atomic
-from ..errors import ConfigError, InputError
-from ..synth.cohort import TRUTH_SCHEMA
+from ..synth.writer import (LAYOUT, TRUTH_SCHEMA, cohort_summary, run_families, stored_reversed, truth_levels,
+                            write_cohort)
 from .config import AltConfig
 
 COHORT_SCHEMA = "spinessl.synth_alt.cohort/1"
@@ -134,7 +131,6 @@ def _job(args):
 
 
 def _write_family(cfg: AltConfig, fam: int, first: int, size: int, root: Path) -> list[dict]:
-    from ..levels import Level, LevelSet
     from ..synth.dicom import write_series
     from ..synth.labels import write_labelmap
     from . import protocol, subject
@@ -162,16 +158,11 @@ def _write_family(cfg: AltConfig, fam: int, first: int, size: int, root: Path) -
             header.update(win)
             aff = out.affine
             if p.stored_reversed:  # instance 1 is the last slice along the normal
-                aff = aff.copy()
-                aff[:3, 3] = aff[:3, :3] @ [0, 0, K - 1] + aff[:3, 3]
-                aff[:3, 2] = -aff[:3, 2]
-                arr = arr[::-1]
+                arr, aff = stored_reversed(arr, aff)
             write_series(root / "dicom" / s.subject_id / str(k), arr, aff, header, series_uid=series_uid,
                          study_uid=study_uid, file_names=protocol.file_names(p, K, series_uid))
             label_name = f"{series_uid}_labels.nii.gz"
             write_labelmap(root / "truth" / label_name, out.labels, out.affine)
-            ls = LevelSet({n: Level(n, d["centroid"], d["corners"], d["slice_range"], d["mid_slice"])
-                           for n, d in out.levels.items()}, source="synthetic ground truth (held-out generator)")
             discs = []
             for i, name in enumerate(DISC_NAMES):
                 up, lo = name.split("-")
@@ -186,7 +177,7 @@ def _write_family(cfg: AltConfig, fam: int, first: int, size: int, root: Path) -
                 "study_instance_uid": study_uid, "series_instance_uid": series_uid,
                 "dicom_dir": f"dicom/{s.subject_id}/{k}", "age_years": round(va.age, 2), "sex": s.sex,
                 "shape": list(out.array.shape), "affine_lps": [[round(float(v), 6) for v in row] for row in out.affine],
-                "levels": ls.to_dict(), "discs": discs, "labelmap": label_name,
+                "levels": truth_levels(out.levels, "synthetic ground truth (held-out generator)"), "discs": discs, "labelmap": label_name,
                 "levels_outside_fov": out.outside, "vertebrae_visible": out.visible,
                 "acquisition": {**{k2: v2 for k2, v2 in out.info.items() if k2 != "csf_signal"},
                                 "vendor": header["Manufacturer"], "fat_suppressed": p.fat_sat,
@@ -204,127 +195,39 @@ def _write_family(cfg: AltConfig, fam: int, first: int, size: int, root: Path) -
     return rows
 
 
-def _check_output(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError("output exists and is not a folder", out_dir)
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise InputError("output folder is not empty (use --overwrite to replace it)", out_dir)
-    probe = out_dir.parent
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise InputError("cannot create the output folder here: not a folder", probe)
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise InputError("folder is not writable", probe)
-
-
-@contextlib.contextmanager
-def _sigterm_as_exit():
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise SystemExit(128 + signum)
-
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
 def generate_cohort(out_dir, config: AltConfig | None = None, overwrite: bool = False, workers: int = 1) -> dict:
     """Write a held-out evaluation cohort into ``out_dir``; returns the summary (also in cohort.json)."""
     cfg = (config or AltConfig()).validate()
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise ConfigError(f"workers must be a positive integer, got {workers!r}")
-    out_dir = Path(out_dir).absolute()
-    _check_output(out_dir, overwrite)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
-        with _sigterm_as_exit():
-            return _generate(cfg, out_dir, tmp, workers)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return write_cohort(out_dir, overwrite, workers, lambda tmp: _generate(cfg, tmp, workers))
 
 
-def _generate(cfg: AltConfig, out_dir: Path, tmp: Path, workers: int) -> dict:
-    from .. import progress
-
+def _generate(cfg: AltConfig, tmp: Path, workers: int) -> dict:
     jobs = [(cfg.to_dict(), f, s, n, str(tmp)) for f, s, n in family_plan(cfg)]
-    subjects = []
-    with progress.Progress(cfg.subjects, desc="synth-alt subjects", unit="subject") as bar:
-        pool = None
-        if workers == 1:
-            it = map(_job, jobs)
-        else:
-            import multiprocessing as mp
-
-            ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
-            pool = ctx.Pool(workers)
-            it = pool.imap(_job, jobs)
-        try:
-            for rows in it:
-                subjects.extend(rows)
-                bar.update(len(rows))
-            if pool is not None:
-                pool.close()
-        finally:
-            if pool is not None:
-                pool.terminate()
-                pool.join()
+    subjects = run_families(_job, jobs, workers, cfg.subjects, "synth-alt subjects")
     summary = _summary(subjects)
     atomic.write_csv(tmp / "subjects.csv", [{k: r[k] for k in SUBJECT_COLUMNS} for r in subjects], SUBJECT_COLUMNS)
     atomic.write_json(tmp / "cohort.json", {
         "schema": COHORT_SCHEMA, "truth_schema": TRUTH_SCHEMA, "generator": f"SpineSSL {__version__} {GENERATOR}",
         "purpose": PURPOSE, "evaluation_only": True, "seed": cfg.seed, "config": cfg.to_dict(), "summary": summary,
-        "layout": {"dicom": "dicom/<subject_id>/<visit>/", "truth": "truth/<SeriesInstanceUID>.json",
-                   "labelmap": "truth/<SeriesInstanceUID>_labels.nii.gz"},
+        "layout": LAYOUT,
         "label_convention": "SPIDER: vertebrae from the bottom (L5=1 ... T12=6, T11=7, T10=8, T9=9, T8=10), "
                             "S1=26 (SpineSSL), discs L5-S1=201 ... T12-L1=206 ... T8-T9=210, canal=100",
         "grade_mapping": "Pfirrmann 1-2 -> 1, 3 -> 2, 4 -> 3, 5 -> 4 (SPIDER frequencies per disc at baseline)",
     })
-    if out_dir.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        os.replace(out_dir, trash / "old")
-        os.replace(tmp, out_dir)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)
     return summary
 
 
 def _summary(subjects: list[dict]) -> dict:
-    hist, fs, vis, top = Counter(), Counter(), Counter(), Counter()
-    per_level = {d: Counter() for d in DISC_NAMES}
-    n_scans = n_fs = 0
+    """``writer.cohort_summary`` plus this generator's acquisition counts."""
+    vis, top = Counter(), Counter()
+    n_fs = 0
     for s in subjects:
         for sc in s["scans"]:
-            n_scans += 1
             n_fs += int(sc["fat_sat"])
-            fs[f"{sc['field_strength']:.1f}T"] += 1
             vis[str(sum(1 for v in sc["visible"] if v != "S1"))] += 1
             top[next((v for v in sc["visible"] if v != "S1"), "none")] += 1
-            for d, g in zip(DISC_NAMES, sc["grades"]):
-                key = "ungraded" if g is None else str(g)
-                hist[key] += 1
-                per_level[d][key] += 1
-    fams = Counter(s["family_id"] for s in subjects)
-    return {
-        "subjects": len(subjects), "scans": n_scans,
-        "with_followup": sum(1 for s in subjects if s["n_visits"] > 1),
-        "three_visits": sum(1 for s in subjects if s["n_visits"] > 2),
-        "twin_pairs": sum(1 for v in fams.values() if v == 2), "families": len(fams),
-        "graded_subjects": sum(1 for s in subjects if s["graded"]),
-        "field_strength": dict(sorted(fs.items())), "fat_suppressed_scans": n_fs,
+    return cohort_summary(subjects, {
+        "fat_suppressed_scans": n_fs,
         "mobile_vertebrae_visible": dict(sorted(vis.items(), key=lambda kv: int(kv[0]))),
         "top_visible_vertebra": dict(sorted(top.items())),
-        "grade_histogram": {k: hist[k] for k in ("1", "2", "3", "4", "ungraded")},
-        "grade_histogram_per_disc": {d: {k: c[k] for k in ("1", "2", "3", "4", "ungraded")} for d, c in per_level.items()},
-    }
+    })

@@ -1,4 +1,5 @@
-"""Level and grade sources for a batch: where each scan's levels (and disc grades) come from."""
+"""Level and grade sources for a batch: where each scan's levels (and disc grades) come from
+(``LevelSource``: ``--levels KIND:FOLDER``), and the grade readers (truth JSON, grade tables)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import os
 from dataclasses import dataclass
 
 from .. import DISC_NAMES
-from ..levels import LevelSet
+from .core import LevelSet
+from .labelmap import from_labelmap, resolve_label_mapping
+from .readers import _load_json, from_markups, from_truth_json, load_spinenet_json
 
 
 LEVEL_SOURCES = ("truth", "levels", "markups", "labels", "spinenet", "detect")  # detect[:MODEL]: run the detector
@@ -55,8 +58,6 @@ class LevelSource:
                           f"{_PATTERNS[self.kind][0].format(k='<scan_key|SeriesInstanceUID|file stem>')})", self.folder)
 
     def load(self, scan, keys: list[str], device: str = "auto") -> tuple[LevelSet, str]:
-        from .. import levels as L
-
         if self.kind == "detect":
             from ..detect.infer import detect_levels
 
@@ -64,12 +65,23 @@ class LevelSource:
                                  where=scan.meta.get("source")), self.folder or "bundled detector"
         path = self.find(keys)
         if self.kind in ("truth", "levels"):
-            return L.from_truth_json(path), path
+            return from_truth_json(path), path
         if self.kind == "markups":
-            return L.from_markups(path), path
+            return from_markups(path), path
         if self.kind == "labels":
-            return L.from_labelmap(path, scan, L.resolve_label_mapping(self.mapping)), path
-        return L.load_spinenet_json(path, scan), path
+            return from_labelmap(path, scan, resolve_label_mapping(self.mapping)), path
+        return load_spinenet_json(path, scan), path
+
+
+def truth_grades(path) -> dict[str, int]:
+    """Disc name -> grade (1..4) from a truth JSON; ungraded discs are left out."""
+    d = _load_json(path)
+    out = {}
+    for disc in d.get("discs", []) or []:
+        g = disc.get("grade")
+        if g is not None and disc.get("name") in DISC_NAMES:
+            out[disc["name"]] = int(g)
+    return out
 
 
 # SPIDER radiological_gradings.csv: IVD label n is the disc above vertebra n counted from the

@@ -538,6 +538,16 @@ def markdown(r: dict, rows: list[dict]) -> str:
             L.append(f"- {tr['threads']} threads with OMP_WAIT_POLICY=PASSIVE (a fresh process; OpenMP threads sleep "
                      f"instead of spinning while they wait): {tr['small_passive_step_s']:.2f} s/step vs "
                      f"{tr['small_step_s']:.2f} s with the default policy")
+        cpu2 = [m["cpu_s"] for m in tr.get("model_only", []) if m.get("cpu_s")]
+        if cpu2 and "small_1t_cpu_s" in tr:  # issue #17: what else is in the multi-thread step
+            c2, c1 = statistics.median(cpu2), tr["small_1t_cpu_s"]
+            L.append(f"- CPU time of the same `small` step: {c2:.2f} CPU-s at {tr['threads']} threads vs {c1:.2f} at "
+                     f"one ({c2 / c1:.1f}×); the model-only step has no data loading, augmentation or "
+                     "diagnostics, so "
+                     + ("the extra CPU time is the threads waiting (OpenMP threads spin at each of the step's "
+                        "many short parallel operations while the partner thread is descheduled by other load); "
+                        "the per-core share above is what the step achieves when it has the cores"
+                        if c2 > 1.25 * c1 else "the threads cost little CPU time beyond the work itself"))
         if "device_pairs_per_s" in tr:
             L.append(f"- device-resident pipeline (`device_cache.DevicePairLoader`, volumes in one float16 tensor, no "
                      f"DataLoader) + augmentation: {tr['device_pairs_per_s']:.1f} pairs/s = "

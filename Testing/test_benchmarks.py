@@ -191,6 +191,14 @@ def test_issue17_rows_storage_per_core_share_grading_norms_and_gpu_implementatio
     md = run_all.markdown(r, rows)
     assert "not measured on a GPU yet" in md and "only proves the script runs" in md
     assert "| 15 x 512 x 512 | 30 ms (40) | 24 ms (50) | 200 ms (260) | 7.00 MB | 6.66 MB |" in md
+    # the multi-thread step's CPU time against one thread's: waiting is named only when the figures show it
+    assert "CPU time of the same" not in md  # no per-repeat model-only figures in this result
+    r["training"]["model_only"] = [{"cpu_s": 1.5}, {"cpu_s": 1.4}]
+    md = run_all.markdown(r, rows)
+    assert "1.45 CPU-s at 2 threads vs 0.60 at one (2.4×)" in md and "the threads waiting" in md
+    r["training"]["model_only"] = [{"cpu_s": 0.66}]
+    md = run_all.markdown(r, rows)
+    assert "0.66 CPU-s at 2 threads vs 0.60 at one (1.1×)" in md and "waiting" not in md
     # a real GPU file: the best implementation's MFU is judged (>= 35 %), the end-to-end ratio too
     (gdir / "gpu_impls_dry_run.json").unlink()
     (gdir / "gpu_impls.json").write_text(json.dumps({

@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import datetime as dt
 import json
-import os
 import sys
 import time
 import traceback

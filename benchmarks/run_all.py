@@ -293,7 +293,7 @@ def build_rows(r: dict) -> list[dict]:
             f"{tr['small_step_s']:.2f} s ({tr['small_model_gflops_per_s']:.1f} GFLOP/s = "
             f"{tr['small_fraction_of_matmul']:.0%} of matmul)")
         if "small_passive_step_s" in tr:
-            add(f"the same with OMP_WAIT_POLICY=PASSIVE (wall)", f"{tr['small_passive_step_s']:.2f} s "
+            add("the same with OMP_WAIT_POLICY=PASSIVE (wall)", f"{tr['small_passive_step_s']:.2f} s "
                 f"({tr['small_passive_fraction_of_matmul']:.0%} of matmul)")
         if "device_pairs_per_s" in tr:
             add("device-resident pipeline ÷ DataLoader pipeline pairs/s (small, CPU)",

@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import zipfile
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -341,7 +340,7 @@ class PairSampler:
 
 class VolumeCache:
     """Decoded VB volumes, at the network's input size, as one memory-mapped ``.npy`` per scan
-    (``(7, 9, h, w)`` float16) in ``cache_dir`` — built once (the npz are compressed and
+    (``(7, 9, h, w)`` float16) in ``cache_dir`` — built once (the volume files are compressed and
     full-size), then shared by all loader workers through the OS page cache."""
 
     def __init__(self, cohort_dir, rows: Sequence[VolumeRow], hw: tuple[int, int] = (224, 224),
@@ -371,11 +370,9 @@ class VolumeCache:
             self._convert(self.cohort_dir / f, self._cache_path(f))
 
     def _convert(self, src: Path, dst: Path) -> None:
-        try:
-            with np.load(src, allow_pickle=False) as z:
-                vb = z["vb"]
-        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
-            raise ManifestError(f"unreadable volume file ({type(e).__name__})", src) from None
+        from .extract.files import read_arrays
+
+        vb = read_arrays(src, ["vb"])["vb"]   # the one volume-file reader (either storage format)
         if vb.ndim != 4 or tuple(vb.shape[1:]) != VB_SHAPE:
             raise ManifestError(f"vb array has shape {vb.shape}, expected (7, {', '.join(map(str, VB_SHAPE))})", src)
         if not np.isfinite(vb).all():
@@ -390,15 +387,19 @@ class VolumeCache:
         with atomic_path(dst, suffix=".npy") as tmp:
             np.save(tmp, vb.astype(np.float16), allow_pickle=False)
 
-    def volume(self, row: VolumeRow) -> np.ndarray:
-        """``(9, h, w)`` float32 copy of a volume."""
+    def raw(self, row: VolumeRow) -> np.ndarray:
+        """``(9, h, w)`` float16 of a volume: a read-only view of the memory-mapped cache file."""
         mm = self._mm.get(row.file)
         if mm is None:
             mm = np.load(self._cache_path(row.file), mmap_mode="r", allow_pickle=False)
-            if not 0 <= row.index < mm.shape[0]:
-                raise ManifestError(f"index {row.index} outside the vb array", self.cohort_dir / row.file)
             self._mm[row.file] = mm
-        return np.asarray(mm[row.index], dtype=np.float32)
+        if not 0 <= row.index < mm.shape[0]:
+            raise ManifestError(f"index {row.index} outside the vb array", self.cohort_dir / row.file)
+        return mm[row.index]
+
+    def volume(self, row: VolumeRow) -> np.ndarray:
+        """``(9, h, w)`` float32 copy of a volume."""
+        return np.asarray(self.raw(row), dtype=np.float32)
 
     def __getstate__(self):  # workers re-open their own memory maps
         d = dict(self.__dict__)

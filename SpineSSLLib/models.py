@@ -39,6 +39,7 @@ PRESETS = {
 init="fan_out")`` (the ``paper`` training recipe of ``pretrain``/``grade-train`` sets both)."""
 
 NORMS = ("lrn", "batch", "group", "none")
+CONV_IMPLS = ("3d", "fold2d")
 
 
 @dataclass
@@ -63,6 +64,13 @@ class ModelConfig:
     activations ~10x per 3D layer without normalisation (heads: unit-gain He)."""
     aux_heads: dict = field(default_factory=dict)
     """Optional extra heads on fc7, name -> number of classes (e.g. {"sex": 2}); off by default."""
+    conv_impl: str = "3d"
+    """How conv1..conv4 are computed (the same function, the same weights; tested to float
+    tolerance): ``3d`` = ``conv3d`` on (B, C, D, H, W); ``fold2d`` = activations kept as
+    (B*D, C, H, W), each 3D convolution as one ``conv2d`` over its depth window folded into the
+    channels (depth-unfold), pooling as ``max_pool2d`` — for GPUs whose 2D kernels are much faster
+    than their 3D ones (issue #17; ``benchmarks/gpu_check.sh`` measures both).  On the CPU ``3d``
+    is faster."""
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "ModelConfig":
@@ -85,6 +93,8 @@ class ModelConfig:
             raise ConfigError(f"model norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
         if self.init not in ("fan_in", "fan_out"):
             raise ConfigError(f"model init must be fan_in or fan_out, got {self.init!r}")
+        if self.conv_impl not in CONV_IMPLS:
+            raise ConfigError(f"model conv_impl must be one of {', '.join(CONV_IMPLS)}, got {self.conv_impl!r}")
 
     def channels(self) -> tuple[int, int, int, int, int]:
         return tuple(max(1, int(round(c * self.width))) for c in (96, 256, 512, 512, 512))
@@ -129,40 +139,76 @@ def trunk_out_hw(config: ModelConfig, in_hw: tuple[int, int]) -> tuple[int, int]
 
 class LRN(nn.Module):
     """Local response normalisation across channels, ``x / (k + alpha/n * sum of x^2 over n
-    neighbouring channels)^beta`` — the same function as ``nn.LocalResponseNorm`` (tested), computed
-    with the channel-window sum as one 1x1 convolution by a fixed band matrix and, for beta = 0.75,
-    ``rsqrt`` instead of ``pow``.  PyTorch's version pads and average-pools a reshaped copy and took
-    about 40 % of a paper-size forward pass on the CPU (profiled); this one takes half of that."""
+    neighbouring channels)^beta`` — the same function as ``nn.LocalResponseNorm`` (tested).
+
+    The channel-window sum is one ``(C, C)`` band-matrix product over a ``(N, C, voxels)`` view
+    (a 1x1 convolution for non-contiguous inputs), and training uses ``_LRNFunction``: a hand-written
+    backward, ``dx = g r - 2 beta x W^T (g r x / d)`` with ``d = k + W x^2`` and ``r = d^-beta``,
+    saving ``x, r, d`` instead of autograd's chain of element-wise intermediates.  PyTorch's version
+    pads and average-pools a reshaped copy (about 40 % of a paper-size forward on the CPU,
+    profiled); the autograd chain of the earlier band version was ~40 % of a `small` LRN training
+    step; this one is ~1.7x faster than that (docs/performance.md)."""
 
     def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0):
         super().__init__()
         self.size, self.alpha, self.beta, self.k = int(size), float(alpha), float(beta), float(k)
-        self._kernels: dict = {}  # (channels, dims, dtype, device) -> (band weight, bias); not state
+        self._kernels: dict = {}  # (channels, dtype, device) -> (band, band transposed); not state
 
     def _kernel(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = x.shape[1]
-        key = (c, x.dim(), x.dtype, x.device)
+        key = (c, x.dtype, x.device)
         if key not in self._kernels:
             i = torch.arange(c, device=x.device)
             diff = i[None, :] - i[:, None]  # input channel - output channel
             band = (diff >= -(self.size // 2)) & (diff <= (self.size - 1) // 2)
-            weight = (band.to(x.dtype) * (self.alpha / self.size)).view(c, c, *([1] * (x.dim() - 2)))
-            self._kernels[key] = (weight, torch.full((c,), self.k, dtype=x.dtype, device=x.device))
+            w = band.to(x.dtype) * (self.alpha / self.size)
+            self._kernels[key] = (w, w.t().contiguous())
         return self._kernels[key]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[x.dim()]
-        d = conv(x * x, *self._kernel(x))
-        if self.beta != 0.75:
-            return x * d.pow(-self.beta)
+        w, wt = self._kernel(x)
         if torch.is_grad_enabled() and x.requires_grad:
-            r = torch.rsqrt(d)
-            return x * r * torch.sqrt(r)
-        r = d.rsqrt_()
-        return r.mul_(r.sqrt()).mul_(x)
+            return _LRNFunction.apply(x, w, wt, self.k, self.beta)
+        d = _window_sum(x * x, w).add_(self.k)
+        return _inv_pow_(d, self.beta).mul_(x)
 
     def extra_repr(self) -> str:
         return f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
+
+
+def _window_sum(s: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``W @ s`` over the channel axis of ``s`` (N, C, ...): a batched matrix product on the
+    contiguous ``(N, C, voxels)`` view (cheaper than oneDNN's 1x1 convolution, which reorders
+    small channel counts), else a 1x1 convolution (channels-last inputs keep their layout)."""
+    if s.is_contiguous():
+        return torch.matmul(w, s.view(s.shape[0], s.shape[1], -1)).view(s.shape)
+    conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[s.dim()]
+    return conv(s, w.view(*w.shape, *([1] * (s.dim() - 2))))
+
+
+def _inv_pow_(d: torch.Tensor, beta: float) -> torch.Tensor:
+    """``d ** -beta``, in place."""
+    return d.pow_(-beta)
+
+
+class _LRNFunction(torch.autograd.Function):
+    """LRN forward + backward with few element-wise passes (see ``LRN``)."""
+
+    @staticmethod
+    def forward(ctx, x, w, wt, k, beta):
+        d = _window_sum(x * x, w).add_(k)
+        r = _inv_pow_(d.clone(), beta)
+        ctx.save_for_backward(x, r, d, wt)
+        ctx.beta = beta
+        return r * x
+
+    @staticmethod
+    def backward(ctx, g):
+        x, r, d, wt = ctx.saved_tensors
+        gr = g * r
+        t = (gr * x).div_(d)
+        u = _window_sum(t, wt).mul_(x)
+        return gr.add_(u, alpha=-2.0 * ctx.beta), None, None, None, None
 
 
 def _norm(kind: str, channels: int, dims: int) -> nn.Module:
@@ -191,10 +237,12 @@ class Trunk(nn.Module):
         super().__init__()
         c1, c2, c3, c4, c5 = config.channels()
         self.kind = config.norm
-        self.conv1 = nn.Conv3d(1, c1, (3, 7, 7), stride=(1, 2, 2), padding=(1, 0, 0))
-        self.conv2 = nn.Conv3d(c1, c2, (3, 5, 5), stride=(1, 2, 2), padding=(1, 1, 1))
-        self.conv3 = nn.Conv3d(c2, c3, (3, 3, 3), padding=1)
-        self.conv4 = nn.Conv3d(c3, c4, (DEPTH, 3, 3), padding=(0, 1, 1))
+        self.conv_impl = config.conv_impl
+        conv3d = FoldConv3d if self.conv_impl == "fold2d" else nn.Conv3d
+        self.conv1 = conv3d(1, c1, (3, 7, 7), stride=(1, 2, 2), padding=(1, 0, 0))
+        self.conv2 = conv3d(c1, c2, (3, 5, 5), stride=(1, 2, 2), padding=(1, 1, 1))
+        self.conv3 = conv3d(c2, c3, (3, 3, 3), padding=1)
+        self.conv4 = conv3d(c3, c4, (DEPTH, 3, 3), padding=(0, 1, 1))
         self.conv5 = nn.Conv2d(c4, c5, 3, padding=1)
         if self.kind == "lrn":
             self.norm1, self.norm2 = LRN(5, alpha=5e-4, beta=0.75, k=2.0), LRN(5, alpha=5e-4, beta=0.75, k=2.0)
@@ -211,6 +259,8 @@ class Trunk(nn.Module):
         return F.relu(norm(conv(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.conv_impl == "fold2d":
+            return self._forward_fold2d(x)
         x = F.max_pool3d(self._block(self.conv1, self.norm1, x), (1, 2, 2))
         x = F.max_pool3d(self._block(self.conv2, self.norm2, x), (1, 2, 2))
         x = self._block(self.conv3, self.norm3, x)
@@ -218,6 +268,80 @@ class Trunk(nn.Module):
         x = x.squeeze(2)
         x = self._block(self.conv5, self.norm5, x)
         return F.max_pool2d(x, 2)
+
+    # ---- conv_impl = "fold2d": the same function with 2D kernels -------------------------------
+    # Activations are (B, D, C, H, W) in memory, i.e. (B*D, C, H, W) for the 2D operations.
+
+    def _forward_fold2d(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.transpose(1, 2)                                    # (B, D, 1, H, W): free for C = 1
+        h = self._pool2(self._fold_block(self.conv1, self.norm1, h))
+        h = self._pool2(self._fold_block(self.conv2, self.norm2, h))
+        h = self._fold_block(self.conv3, self.norm3, h)
+        h = self._fold_block(self.conv4, self.norm4, h)          # depth 9 -> 1
+        x = h.squeeze(1)
+        x = self._block(self.conv5, self.norm5, x)
+        return F.max_pool2d(x, 2)
+
+    @staticmethod
+    def _pool2(h: torch.Tensor) -> torch.Tensor:
+        """max-pool 1x2x2 = max_pool2d on the (B*D, C, H, W) view."""
+        y = F.max_pool2d(h.reshape(-1, *h.shape[2:]), 2)
+        return y.view(*h.shape[:2], *y.shape[1:])
+
+    def _fold_norm(self, norm, h: torch.Tensor) -> torch.Tensor:
+        """The 3D path's normalisation on (B, D, C, H, W): LRN and batch norm act per position /
+        per channel over (B, D, H, W), so the (B*D, C, H, W) view is the same set; group norm
+        groups per sample over depth too, so it runs on the (B, C, D, H, W) transpose."""
+        if norm is None or isinstance(norm, nn.Identity):
+            return h
+        if isinstance(norm, nn.GroupNorm):
+            return norm(h.transpose(1, 2)).transpose(1, 2)
+        flat = h.reshape(-1, *h.shape[2:])
+        if isinstance(norm, nn.BatchNorm3d):
+            return _batch_norm_any(norm, flat).view(h.shape)
+        return norm(flat).view(h.shape)
+
+    def _fold_block(self, conv, norm, h):
+        if self.kind == "lrn":
+            return self._fold_norm(norm, F.relu(conv(h)))
+        return F.relu(self._fold_norm(norm, conv(h)))
+
+
+class FoldConv3d(nn.Conv3d):
+    """``nn.Conv3d`` (same parameters, same function) for ``conv_impl="fold2d"``: takes and returns
+    the (B, D, C, H, W) layout and computes one ``conv2d`` — zero-pad the depth by ``pd``, stack the
+    ``kd`` shifted depth windows along the channels (kd*C, depth-major, matching the weight
+    transposed to (C', kd, C, kh, kw)).  A module, so forward hooks (training diagnostics) see it."""
+
+    channels_last_2d = False  # channels-last conv2d inputs (set by to_channels_last)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        kd, pd = self.kernel_size[0], self.padding[0]
+        if self.stride[0] != 1 or self.dilation != (1, 1, 1) or self.groups != 1 or self.padding_mode != "zeros":
+            raise ValueError("fold2d supports depth stride 1, no dilation, no groups, zero padding")
+        if pd:
+            h = F.pad(h, (0, 0, 0, 0, 0, 0, pd, pd))
+        b, do = h.shape[0], h.shape[1] - kd + 1
+        cols = torch.cat([h[:, i:i + do] for i in range(kd)], 2) if kd > 1 else h
+        cols = cols.reshape(b * do, *cols.shape[2:])
+        if self.channels_last_2d:
+            cols = cols.contiguous(memory_format=torch.channels_last)
+        w = self.weight.transpose(1, 2).reshape(self.out_channels, kd * self.in_channels, *self.kernel_size[1:])
+        y = F.conv2d(cols, w, self.bias, self.stride[1:], self.padding[1:])
+        return y.view(b, do, *y.shape[1:])
+
+
+def _batch_norm_any(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
+    """``bn.forward`` (``_BatchNorm.forward``: batch statistics, running averages, momentum) without
+    its rank check: BatchNorm3d on the (B*D, C, H, W) view of the fold2d layout (same per-channel set)."""
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    use_batch = bn.training or (bn.running_mean is None and bn.running_var is None)
+    keep = not bn.training or bn.track_running_stats
+    return F.batch_norm(x, bn.running_mean if keep else None, bn.running_var if keep else None,
+                        bn.weight, bn.bias, use_batch, factor, bn.eps)
 
 
 class VGGMNet(nn.Module):
@@ -387,8 +511,11 @@ def unwrap(model: nn.Module) -> VGGMNet:
 
 
 def to_channels_last(model: nn.Module) -> nn.Module:
-    """Channels-last memory format for every conv weight (3D convs: channels_last_3d)."""
+    """Channels-last memory format for every conv weight (3D convs: channels_last_3d); a
+    ``fold2d`` trunk also feeds its conv2d channels-last inputs."""
     for m in model.modules():
+        if isinstance(m, FoldConv3d):
+            m.channels_last_2d = True
         if isinstance(m, nn.Conv3d):
             m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last_3d)
         elif isinstance(m, nn.Conv2d):
@@ -404,8 +531,8 @@ def count_macs(model: VGGMNet, in_hw: tuple[int, int] | None = None) -> int:
     """Multiply-accumulates of one forward pass of one volume (convs + linear layers), measured
     with forward hooks on a meta-device copy (no memory, no compute)."""
     in_hw = tuple(in_hw or model.in_hw)
-    with torch.device("meta"):
-        m = VGGMNet(model.config, model.num_classes, in_hw)
+    with torch.device("meta"):  # the 3D layers' hooks count; fold2d computes the same MACs
+        m = VGGMNet(dataclasses.replace(model.config, conv_impl="3d"), model.num_classes, in_hw)
     m.eval()
     total = [0]
 

@@ -3,7 +3,8 @@
 ``audit_outputs(out_dir, source_root)`` collects identifying header values from every DICOM
 file under ``source_root`` (PatientID, PatientName, birth date, study/series/acquisition dates,
 AccessionNumber, institution and physician names) and searches every file under ``out_dir``
-for them: raw bytes, plus the decompressed members of zip containers (``.npz``) and gzip files
+for them: raw bytes, plus the decompressed members of zip containers (``.npz``; Zstandard
+``.zst`` members of volume files decompressed too) and gzip files
 (``.nii.gz``, ``.seg.nrrd`` with gzip encoding is searched raw), in the spellings a date or a
 name commonly takes (``20140317``, ``2014-03-17``, ``2014/03/17``, ``17.03.2014``;
 ``DOE^JANE``, ``DOE JANE``, ``Jane Doe``).  A value counts only as a whole token (not inside a
@@ -247,7 +248,15 @@ def _payloads(path: Path):
         with zipfile.ZipFile(io.BytesIO(data)) as z:
             for name in z.namelist():
                 yield "member names", name.encode()
-                yield name, z.read(name)
+                member = z.read(name)
+                if name.endswith(".zst"):  # volume files' Zstandard members (issue #17): decompressed
+                    import zstandard
+
+                    try:
+                        member = zstandard.ZstdDecompressor().decompress(member)
+                    except zstandard.ZstdError as e:
+                        raise EOFError(f"zip member {name}: {e}") from None
+                yield name, member
     elif data[:2] == b"\x1f\x8b":
         yield "gzip contents", gzip.decompress(data)
     elif data[:8] == b"\x89PNG\r\n\x1a\n":  # compressed text chunks (zTXt, iTXt)

@@ -50,18 +50,22 @@ class VolumeAugment:
         self._tf = None
 
     def matrices(self, u) -> np.ndarray:
-        """(N, 4, 4) voxel-space affines (zero-centred) from uniform numbers ``u`` (N, 5)."""
-        from monai.transforms.utils import create_rotate, create_scale, create_translate
-
+        """(N, 4, 4) voxel-space affines (zero-centred) from uniform numbers ``u`` (N, 5):
+        translate @ rotate (in-plane, about the slice axis) @ scale (in-plane) — MONAI's
+        ``create_translate(3, t) @ create_rotate(3, (r, 0, 0)) @ create_scale(3, (1, s, s))``, built
+        for the whole batch at once (the same numbers: tested)."""
         c = self.config
-        out = []
-        for p in np.asarray(u, dtype=np.float64):
-            rot = (2 * p[0] - 1) * math.radians(c.rotate_deg)
-            t = ((2 * p[1] - 1) * c.translate_z, (2 * p[2] - 1) * c.translate_y * self.px[1],
-                 (2 * p[3] - 1) * c.translate_x * self.px[0])
-            sc = c.scale[0] + p[4] * (c.scale[1] - c.scale[0])
-            out.append(create_translate(3, t) @ create_rotate(3, (rot, 0.0, 0.0)) @ create_scale(3, (1.0, sc, sc)))
-        return np.stack(out)
+        p = np.asarray(u, dtype=np.float64).reshape(-1, 5)
+        rot = (2 * p[:, 0] - 1) * math.radians(c.rotate_deg)
+        sc = c.scale[0] + p[:, 4] * (c.scale[1] - c.scale[0])
+        cos, sin = np.cos(rot) * sc, np.sin(rot) * sc
+        out = np.zeros((len(p), 4, 4))
+        out[:, 0, 0] = out[:, 3, 3] = 1.0
+        out[:, 1, 1], out[:, 1, 2], out[:, 2, 1], out[:, 2, 2] = cos, -sin, sin, cos
+        out[:, 0, 3] = (2 * p[:, 1] - 1) * c.translate_z
+        out[:, 1, 3] = (2 * p[:, 2] - 1) * c.translate_y * self.px[1]
+        out[:, 2, 3] = (2 * p[:, 3] - 1) * c.translate_x * self.px[0]
+        return out
 
     def apply(self, x, u, flip):
         """Augment ``x`` (N, 1, S, H, W) with uniform numbers ``u`` (N, 6) and flags ``flip`` (N,)."""

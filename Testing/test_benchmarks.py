@@ -158,3 +158,67 @@ def test_run_part_reports_a_killed_benchmark_and_ends_its_leftovers(tmp_path):
     js = tmp_path / "ok.json"
     assert run_all.run_part("ok", ["-c", f"import json; json.dump({{'a': 1}}, open({str(js)!r}, 'w'))"], js, 60)[:2] \
         == ({"a": 1}, None)
+
+
+def test_issue17_rows_storage_per_core_share_grading_norms_and_gpu_implementations(tmp_path):
+    r = _result(grade_s=0.9, grade_frac=0.7)
+    s0 = r["extract_speed"]["sizes"][0]
+    s0.update({"extract_s": 0.04, "save_s": 0.05, "save_pre17_s": 0.26, "extract_cpu_s": 0.03, "save_cpu_s": 0.024,
+               "save_pre17_cpu_s": 0.2, "read_vb_s": 0.01, "read_vb_pre17_s": 0.03, "read_vb_cpu_s": 0.009,
+               "read_vb_pre17_cpu_s": 0.028, "ratio_save_over_extract": 1.25, "ratio_save_over_extract_cpu": 0.8,
+               "file_mb": 7.0, "file_pre17_mb": 6.66, "ratio_size_over_pre17": 1.05, "raw_volume_mb": 9.03})
+    r["training"].update({"small_1t_cpu_s": 0.6, "small_1t_fraction_of_matmul": 0.46, "small_lrn_1t_cpu_s": 0.7,
+                          "small_lrn_1t_fraction_of_matmul": 0.39, "small_fold2d_1t_cpu_s": 0.8,
+                          "small_fold2d_1t_fraction_of_matmul": 0.33, "matmul_cpu_gflops_1t_median": 80.0,
+                          "small_passive_step_s": 2.3, "small_passive_fraction_of_matmul": 0.2,
+                          "device_pairs_per_s": 30.0, "device_vs_dataloader": 1.5})
+    r["grade_latency"].update({"default_norm": "batch", "torch_lrn_6disc_s": 1.2, "torch_lrn_gflops": 90.0,
+                               "torch_lrn_fraction_of_matmul": 0.6, "torch_6disc_1t_cpu_s": 1.8,
+                               "torch_lrn_6disc_1t_cpu_s": 2.2, "torch_1t_fraction_of_matmul": 0.93,
+                               "torch_lrn_1t_fraction_of_matmul": 0.76, "matmul_cpu_gflops_1t": 73.0})
+    gdir = tmp_path / "gpu"
+    gdir.mkdir()
+    (gdir / "gpu_impls_dry_run.json").write_text(json.dumps({"schema": "spinessl.bench.gpu_impls/1", "dry_run": True,
+                                                            "device": "AMD EPYC", "variants": {}}))
+    r["gpu"] = run_all.gpu_results(gdir)
+    rows = run_all.build_rows(r)
+    met = {x["quantity"]: x["met"] for x in rows}
+    assert met["volume-file write ÷ extraction, 15 x 512 x 512 (CPU time; wall 1.25×)"] is True
+    assert met["volume-file size ÷ pre-#17 .npz, 15 x 512 x 512"] is True
+    assert met["training step, small, 16 pairs: share of the matmul rate per core (CPU time, 1 thread)"] is True
+    assert met["grading latency, 6 discs, paper, CPU, no TTA (batch norm, the default)"] is True
+    assert met["grading latency, 6 discs, paper recipe (LRN), CPU, no TTA"] is False
+    md = run_all.markdown(r, rows)
+    assert "not measured on a GPU yet" in md and "only proves the script runs" in md
+    assert "| 15 x 512 x 512 | 30 ms (40) | 24 ms (50) | 200 ms (260) | 7.00 MB | 6.66 MB |" in md
+    # the multi-thread step's CPU time against one thread's: waiting is named only when the figures show it
+    assert "CPU time of the same" not in md  # no per-repeat model-only figures in this result
+    r["training"]["model_only"] = [{"cpu_s": 1.5}, {"cpu_s": 1.4}]
+    md = run_all.markdown(r, rows)
+    assert "1.45 CPU-s at 2 threads vs 0.60 at one (2.4×)" in md and "the threads waiting" in md
+    r["training"]["model_only"] = [{"cpu_s": 0.66}]
+    md = run_all.markdown(r, rows)
+    assert "0.66 CPU-s at 2 threads vs 0.60 at one (1.1×)" in md and "waiting" not in md
+    # a real GPU file: the best implementation's MFU is judged (>= 35 %), the end-to-end ratio too
+    (gdir / "gpu_impls_dry_run.json").unlink()
+    (gdir / "gpu_impls.json").write_text(json.dumps({
+        "schema": "spinessl.bench.gpu_impls/1", "dry_run": False, "date": "2026-12-01T10:00:00+00:00",
+        "device": "NVIDIA H200", "peak_bf16_tflops": 989.0, "measured_bf16_matmul_tflops": 780.0, "errors": [],
+        "variants": {"paper": {"3d_eager": {"step_s": 0.137, "pairs_per_s": 233.0, "model_tflops": 62.0, "mfu": 0.063,
+                                            "first_step_s": 2.0, "batch_pairs": 32},
+                               "fold2d_compile": {"step_s": 0.05, "pairs_per_s": 640.0, "model_tflops": 170.0,
+                                                  "mfu": 0.17, "first_step_s": 60.0, "batch_pairs": 32},
+                               "3d_compile": {"error": "RuntimeError: x"}}},
+        "pipelines": {"paper": {"dataloader_pairs_per_s": 187.0, "dataloader_workers": 8, "device_pairs_per_s": 3000.0,
+                                "device_cache_gb": 0.3, "device_cache_where": "device", "device_cache_build_s": 1.0}},
+        "end_to_end": {"paper": {"fold2d_compile": {"pairs_per_s": 600.0, "ratio_to_model_only": 0.94}}}}))
+    r["gpu"] = run_all.gpu_results(gdir)
+    rows = run_all.build_rows(r)
+    met = {x["quantity"]: x["met"] for x in rows}
+    key = "training step, paper, 32 pairs, NVIDIA H200, best implementation (fold2d_compile; GPU file 2026-12-01)"
+    assert met[key] is False
+    assert met["end-to-end step (device pipeline + GPU augmentation) ÷ model-only, paper, fold2d_compile, "
+               "NVIDIA H200 (GPU file)"] is True
+    md = run_all.markdown(r, rows)
+    assert "| paper | fold2d_compile | 50.0 ms | 640 | 170.0 | 17.0% | 60.0 s |" in md and "failed: RuntimeError: x" in md
+    assert "3000 pairs/s" in md and "fold2d_compile: 0.94×" in md and "not measured on a GPU yet" not in md

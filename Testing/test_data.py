@@ -205,7 +205,7 @@ def test_bad_inputs_raise_manifest_errors(small_cohort, tmp_path):
     (bad / "volumes.csv").write_text((root / "volumes.csv").read_text())
     for f in {r.file for r in rows}:
         (bad / f).write_bytes(b"PK\x03\x04 truncated")
-    with pytest.raises(ManifestError, match="unreadable volume file"):
+    with pytest.raises(ManifestError, match="cannot read volume file"):
         D.VolumeCache(bad, D.read_vb_table(bad), progress=False)
     np.savez(bad / rows[0].file, vb=np.zeros((7, 9, 100, 100), np.float16))
     with pytest.raises(ManifestError, match="vb array has shape"):
@@ -249,3 +249,24 @@ def test_augmentation_ranges():
         assert 0.75 < v.max() < 1.25                               # intensity +-0.2
     off = D.PairAugment(D.AugmentConfig(enabled=False), hw)(batch)
     assert off["a"] is batch["a"]
+
+
+def test_batched_augmentation_matrices_equal_monai_composition():
+    """VolumeAugment.matrices builds the whole batch at once (issue #17): the same numbers as MONAI's
+    create_translate @ create_rotate @ create_scale per volume."""
+    import math
+
+    from monai.transforms.utils import create_rotate, create_scale, create_translate
+
+    from SpineSSLLib.transforms import VolumeAugment
+
+    aug = VolumeAugment(D.AugmentConfig(rotate_deg=20, scale=(0.8, 1.2)), (112, 224), (112, 224))
+    u = np.random.default_rng(0).random((300, 5))
+    c = aug.config
+    ref = []
+    for p in u:
+        t = ((2 * p[1] - 1) * c.translate_z, (2 * p[2] - 1) * c.translate_y, (2 * p[3] - 1) * c.translate_x)
+        sc = c.scale[0] + p[4] * (c.scale[1] - c.scale[0])
+        ref.append(create_translate(3, t) @ create_rotate(3, ((2 * p[0] - 1) * math.radians(20), 0.0, 0.0))
+                   @ create_scale(3, (1.0, sc, sc)))
+    np.testing.assert_array_equal(aug.matrices(u), np.stack(ref))

@@ -16,6 +16,7 @@ from SpineSSLLib import DISC_NAMES, LEVEL_NAMES
 from SpineSSLLib import levels as L
 from SpineSSLLib.cli import main as cli
 from SpineSSLLib.extract import ExtractConfig, extract_scan, load_volumes, save_volumes
+from SpineSSLLib.extract.files import read_arrays
 from SpineSSLLib.io import Scan, read_dicom_series
 from SpineSSLLib.synth.dicom import write_series
 
@@ -222,14 +223,91 @@ def test_sources_give_the_same_volumes(tmp_path, phantom):
 def test_save_and_load_volumes(tmp_path, phantom, phantom_volumes):
     scan, _ = phantom
     save_volumes(tmp_path / "v.npz", phantom_volumes, scan.affine, scan.shape)
-    with np.load(tmp_path / "v.npz", allow_pickle=False) as z:
-        assert z["vb"].dtype == np.float16 and z["vb"].shape == (7, 9, 224, 224)
-        assert z["ivd"].shape == (6, 9, 112, 224) and z["vb_affine"].dtype == np.float64
-        assert list(z["levels"]) == list(LEVEL_NAMES)
-        np.testing.assert_array_equal(z["scan_shape"], scan.shape)
+    z = read_arrays(tmp_path / "v.npz")
+    assert z["vb"].dtype == np.float16 and z["vb"].shape == (7, 9, 224, 224)
+    assert z["ivd"].dtype == np.float16 and z["ivd"].shape == (6, 9, 112, 224) and z["vb_affine"].dtype == np.float64
+    assert list(z["levels"]) == list(LEVEL_NAMES)
+    np.testing.assert_array_equal(z["scan_shape"], scan.shape)
+    np.testing.assert_array_equal(z["vb"], phantom_volumes.vb.astype(np.float16))   # lossless codec
     back = load_volumes(tmp_path / "v.npz")
     np.testing.assert_allclose(back.vb, phantom_volumes.vb, atol=1e-3)
     np.testing.assert_array_equal(back.vb_affine, phantom_volumes.vb_affine)
+    # the storage (issue #17): a zip of uncompressed members; vb/ivd are Zstandard-compressed .npy files
+    # (decodable with the zstandard package + np.load), the small arrays plain .npy that np.load reads
+    import io
+    import zipfile
+
+    import zstandard
+
+    with zipfile.ZipFile(tmp_path / "v.npz") as zf:
+        assert {i.compress_type for i in zf.infolist()} == {zipfile.ZIP_STORED}
+        names = set(zf.namelist())
+        assert {"vb.npy.zst", "ivd.npy.zst", "vb_present.npy", "levels.npy", "scan_affine.npy"} <= names
+        raw = np.load(io.BytesIO(zstandard.ZstdDecompressor().decompress(zf.read("ivd.npy.zst"))))
+        np.testing.assert_array_equal(raw, z["ivd"])
+        assert sum(i.file_size for i in zf.infolist()) < 0.9 * (z["vb"].nbytes + z["ivd"].nbytes)  # compressed
+    with np.load(tmp_path / "v.npz", allow_pickle=False) as npz:
+        np.testing.assert_array_equal(npz["vb_affine"], z["vb_affine"])
+    # the same arrays give the same bytes (resumed and sharded extractions are compared member-wise)
+    save_volumes(tmp_path / "w.npz", phantom_volumes, scan.affine, scan.shape)
+    with zipfile.ZipFile(tmp_path / "v.npz") as a, zipfile.ZipFile(tmp_path / "w.npz") as b:
+        assert all(a.read(m) == b.read(m) for m in a.namelist())
+
+
+@pytest.mark.parametrize("writer", ["deflate1", "savez_compressed", "savez"])
+def test_pre_issue17_volume_files_still_load(tmp_path, phantom, phantom_volumes, writer):
+    """Cohorts extracted before issue #17 (every member a zip-deflated .npy, written by the old
+    save_volumes; or any np.savez file in the contract) load through the same reader."""
+    import zipfile
+
+    scan, _ = phantom
+    sv = phantom_volumes
+    arrays = dict(vb=sv.vb.astype(np.float16), vb_present=sv.vb_present, vb_affine=sv.vb_affine,
+                  ivd=sv.ivd.astype(np.float16), ivd_present=sv.ivd_present, ivd_affine=sv.ivd_affine,
+                  levels=np.array(sv.levels), discs=np.array(sv.discs), vb_mid_slice=sv.vb_mid_slice,
+                  ivd_mid_slice=sv.ivd_mid_slice, vb_width_mm=sv.vb_width_mm, vb_median=sv.vb_median,
+                  scan_affine=scan.affine, scan_shape=np.asarray(scan.shape))
+    old = tmp_path / "old.npz"
+    if writer == "deflate1":  # the pre-#17 writer, verbatim
+        with zipfile.ZipFile(old, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+            for name, arr in arrays.items():
+                with zf.open(name + ".npy", "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, np.asanyarray(arr), allow_pickle=False)
+    else:
+        getattr(np, writer)(old, **arrays)
+    save_volumes(tmp_path / "new.npz", sv, scan.affine, scan.shape)
+    a, b = load_volumes(old), load_volumes(tmp_path / "new.npz")
+    for k in ("vb", "ivd", "vb_present", "ivd_present", "vb_affine", "ivd_affine", "vb_mid_slice", "vb_median"):
+        np.testing.assert_array_equal(getattr(a, k), getattr(b, k), err_msg=k)
+    assert a.levels == b.levels and a.discs == b.discs
+    assert read_arrays(old, ["ivd"])["ivd"].dtype == np.float16
+
+
+def test_damaged_volume_files_name_the_file(tmp_path, phantom_volumes):
+    import zipfile
+
+    from SpineSSLLib.errors import ManifestError
+
+    good = tmp_path / "v.npz"
+    save_volumes(good, phantom_volumes)
+    with pytest.raises(ManifestError, match="not a SpineSSL volume file \\(no grades\\)"):   # a member missing
+        read_arrays(good, ["vb", "grades"])
+    data = bytearray(good.read_bytes())
+    with zipfile.ZipFile(good) as zf:
+        info = zf.getinfo("vb.npy.zst")
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    data[start + 100:start + 400] = b"\0" * 300                 # bytes of the compressed vb damaged
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ManifestError, match="cannot read member vb.npy.zst") as e:
+        read_arrays(bad, ["vb"])
+    assert str(bad) in str(e.value) and len(str(e.value).splitlines()) == 1
+    np.testing.assert_array_equal(read_arrays(bad, ["ivd"])["ivd"], read_arrays(good, ["ivd"])["ivd"])
+    with pytest.raises(ManifestError, match="cannot read volume file"):
+        (tmp_path / "cut.npz").write_bytes(good.read_bytes()[:4000])
+        read_arrays(tmp_path / "cut.npz")
+    with pytest.raises(ManifestError, match="is missing"):
+        read_arrays(tmp_path / "absent.npz")
 
 
 def test_config_validation():

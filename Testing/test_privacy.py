@@ -68,6 +68,19 @@ def test_identifier_inside_compressed_npz_and_gzip_is_caught(source, tmp_path):
     assert sorted({(h.file, h.tag) for h in rep.hits}) == [("v.npz", "PatientID"), ("x.json.gz", "StudyDate")]
 
 
+def test_identifier_inside_a_zstd_member_of_a_volume_file_is_caught(source, tmp_path):
+    """Volume files keep vb/ivd as Zstandard-compressed members (issue #17): the audit reads them
+    decompressed, as it does zip-deflated members."""
+    from SpineSSLLib.extract.files import write_arrays
+
+    out = tmp_path / "out"
+    out.mkdir()
+    write_arrays(out / "w.npz", {"vb": np.array(["PSEUDO-84721"]), "levels": np.array(["L1"])})
+    rep = audit_outputs(out, source)
+    assert {(h.file, h.tag) for h in rep.hits} == {("w.npz", "PatientID")}
+    assert any("vb.npy.zst" in h.where for h in rep.hits)
+
+
 def test_cli_exit_codes(source, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()

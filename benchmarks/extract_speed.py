@@ -10,7 +10,10 @@ slice, via SpineSSLLib.synth.dicom.write_series), then, interleaved, ``--repeats
 - "SpineSSL read": ``io.read_dicom_series`` (headers, geometry ordering, checks, pixels);
 - "extract": ``extract.extract_scan`` (one batched grid_sample, normalisation; the scan already
   in memory);
-- "save": writing the compressed ``.npz`` (reported, not part of the target).
+- "save": ``save_volumes`` (the volume file: vb/ivd as Zstandard ``.npy.zst`` members, issue #17),
+  and "save (pre-#17)": the same arrays written the old way (every member zip-deflated, level 1),
+  with both files' sizes and the time to read the ``vb`` array back for training
+  (``extract.files.read_arrays``).  Issue #17's targets: save <= extract, size <= 1.25 x pre-#17.
 Medians are reported.  Peak extra memory of one extraction is reported too (tracemalloc does
 not see torch buffers, so it is computed from the tensor sizes the code allocates).
 
@@ -45,11 +48,25 @@ def pydicom_read(files):
     return np.stack(out)
 
 
+def save_pre17(path, arrays) -> None:
+    """The volume-file writer before issue #17 (zip deflate level 1 of every .npy member), kept here
+    as the reference the new storage is compared with."""
+    import zipfile
+
+    import numpy as np
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for name, arr in arrays.items():
+            with zf.open(name + ".npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(arr), allow_pickle=False)
+
+
 def bench_size(shape, spacing, repeats, tmp):
     import numpy as np
     from extract_phantom import render, sagittal_affine, truth_levels
 
     from SpineSSLLib.extract import extract_scan, save_volumes
+    from SpineSSLLib.extract.files import read_arrays
     from SpineSSLLib.io import read_dicom_series
     from SpineSSLLib.synth.dicom import write_series
 
@@ -64,26 +81,36 @@ def bench_size(shape, spacing, repeats, tmp):
     scan = read_dicom_series(d)
     sv = extract_scan(scan, lv)  # warm-up
     assert sv.vb_present.all() and sv.ivd_present.all(), sv.issues
-    t = {"pydicom_read": [], "spinessl_read": [], "extract": [], "save": []}
+    new, old = Path(tmp) / "v.npz", Path(tmp) / "v_pre17.npz"
+    save_volumes(new, sv, scan.affine, scan.shape)
+    arrays = read_arrays(new)
+    keys = ("pydicom_read", "spinessl_read", "extract", "save", "save_pre17", "read_vb", "read_vb_pre17")
+    t = {k: [] for k in keys}
+    c = {k: [] for k in keys}  # CPU time of this process (the other load on a shared machine barely moves it)
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        pydicom_read(files)
-        t1 = time.perf_counter()
-        scan = read_dicom_series(d)
-        t2 = time.perf_counter()
-        sv = extract_scan(scan, lv)
-        t3 = time.perf_counter()
-        save_volumes(Path(tmp) / "v.npz", sv, scan.affine, scan.shape)
-        t4 = time.perf_counter()
-        for k, a, b in (("pydicom_read", t0, t1), ("spinessl_read", t1, t2), ("extract", t2, t3), ("save", t3, t4)):
-            t[k].append(b - a)
+        fns = (lambda: pydicom_read(files), lambda: read_dicom_series(d), lambda: extract_scan(scan, lv),
+               lambda: save_volumes(new, sv, scan.affine, scan.shape), lambda: save_pre17(old, arrays),
+               lambda: read_arrays(new, ["vb"]), lambda: read_arrays(old, ["vb"]))
+        for k, fn in zip(keys, fns):
+            c0, t0 = time.process_time(), time.perf_counter()
+            fn()
+            t[k].append(time.perf_counter() - t0)
+            c[k].append(time.process_time() - c0)
     med = {k: statistics.median(v) for k, v in t.items()}
+    cpu = {k: statistics.median(v) for k, v in c.items()}
     n_pts = 7 * 224 * 224 + 6 * 112 * 224
     extra_mb = (scan.array.nbytes + n_pts * 4 * (K + 2) + 2 * (7 * 9 * 224 * 224 + 6 * 9 * 112 * 224) * 4) / 2**20
     return {
         "series": f"{K} x {J} x {I}", "spacing_mm": list(spacing), "repeats": repeats,
         **{f"{k}_s": round(v, 4) for k, v in med.items()},
+        **{f"{k}_cpu_s": round(v, 4) for k, v in cpu.items()},
         "ratio_extract_over_pydicom_read": round(med["extract"] / med["pydicom_read"], 3),
+        "ratio_save_over_extract": round(med["save"] / med["extract"], 3),
+        "ratio_save_over_extract_cpu": round(cpu["save"] / cpu["extract"], 3),
+        "ratio_save_pre17_over_save": round(med["save_pre17"] / med["save"], 2),
+        "file_mb": round(new.stat().st_size / 1e6, 3), "file_pre17_mb": round(old.stat().st_size / 1e6, 3),
+        "ratio_size_over_pre17": round(new.stat().st_size / old.stat().st_size, 3),
+        "raw_volume_mb": round((arrays["vb"].nbytes + arrays["ivd"].nbytes) / 1e6, 3),
         "ratio_extract_over_spinessl_read": round(med["extract"] / med["spinessl_read"], 3),
         "extract_peak_extra_mb_estimate": round(extra_mb, 1),
         "scan_mb": round(scan.array.nbytes / 2**20, 1),
@@ -101,7 +128,8 @@ def main(argv=None) -> int:
     from machine import describe
 
     torch.set_num_threads(args.threads)
-    res = {"machine": describe(), "target": "extract <= 1.5 x pydicom read", "sizes": []}
+    res = {"machine": describe(), "target": "extract <= 1.5 x pydicom read; save <= extract; size <= 1.25 x pre-#17",
+           "sizes": []}
     with tempfile.TemporaryDirectory() as tmp:
         for shape, spacing in (((15, 512, 512), (0.6, 0.6, 4.0)), ((12, 256, 256), (1.15, 1.15, 4.0))):
             r = bench_size(shape, spacing, args.repeats, tmp)
@@ -110,6 +138,10 @@ def main(argv=None) -> int:
             print(f"{r['series']:>16}: pydicom read {r['pydicom_read_s'] * 1000:7.1f} ms | SpineSSL read "
                   f"{r['spinessl_read_s'] * 1000:7.1f} ms | extract {r['extract_s'] * 1000:7.1f} ms | save "
                   f"{r['save_s'] * 1000:7.1f} ms | extract/pydicom = {r['ratio_extract_over_pydicom_read']:.2f} {ok}")
+            print(f"{'':>16}  save {r['save_s'] * 1000:.1f} ms (pre-#17 {r['save_pre17_s'] * 1000:.1f} ms) = "
+                  f"{r['ratio_save_over_extract']:.2f}x extract; file {r['file_mb']:.2f} MB (pre-#17 "
+                  f"{r['file_pre17_mb']:.2f} MB, raw {r['raw_volume_mb']:.2f} MB); read vb "
+                  f"{r['read_vb_s'] * 1000:.1f} ms (pre-#17 {r['read_vb_pre17_s'] * 1000:.1f} ms)")
     if args.json:
         from SpineSSLLib import atomic
 

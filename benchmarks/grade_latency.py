@@ -2,8 +2,11 @@
 
 Reports medians of ``--repeats`` runs, all measured in this one run (so machine load affects numerator and denominator alike):
 - the CPU's fp32 matrix-product rate (a large square matmul, GFLOP/s) as the reference peak;
-- grading 6 disc volumes without TTA with torch (s, GFLOP/s, fraction of the matmul rate);
-  the issue's target: <= 1.5 s and >= 60 % of the matmul rate;
+- grading 6 disc volumes without TTA with torch (s, GFLOP/s, fraction of the matmul rate) with
+  the default network (batch norm) and the paper recipe's (LRN, ``lrn`` key); issue #9's target
+  <= 1.5 s and >= 60 % of the matmul rate, issue #17's <= 1.0 s;
+- the same per core in CPU time (1 thread; CPU time is what the other load on a shared machine
+  barely changes): ``*_1t_cpu_s`` and the fraction of the 1-thread matmul rate in CPU time;
 - the same with the memory-format / threading choices of the plain forward vs channels-last;
 - the TTA cost (30 views) separately;
 - ONNX Runtime on the exported model (same probabilities? which is faster?).
@@ -35,6 +38,18 @@ def median_of(fn, repeats: int) -> float:
     return statistics.median(ts)
 
 
+def cpu_median_of(fn, repeats: int) -> float:
+    """Median CPU time (this process, all threads) of ``repeats`` calls."""
+    import statistics
+
+    ts = []
+    for _ in range(repeats):
+        c0 = time.process_time()
+        fn()
+        ts.append(time.process_time() - c0)
+    return statistics.median(ts)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=os.cpu_count())
@@ -60,24 +75,50 @@ def main(argv=None) -> int:
     t = median_of(lambda: torch.mm(a, b), args.repeats)
     res["matmul_gflops"] = 2 * n ** 3 / t / 1e9
 
-    cfg = ModelConfig.preset("paper")
-    net = grading.build_grading_model(cfg, 4, "scratch", seed=0).eval()
-    gm = grading.GradingModel(net, ["1", "2", "3", "4"], {"config": {"mode": "scratch", "model": cfg.to_dict()}})
-    macs = count_macs(net, grading.IVD_HW)
-    res["gflop_per_disc"] = 2 * macs / 1e9
     rng = np.random.default_rng(0)
     vols = rng.random((6, 9, 112, 224), dtype=np.float32)
     present = np.ones(6, bool)
     discs = [f"d{i}" for i in range(6)]
+    models = {}
+    for norm in ("default", "lrn"):   # the default network (batch norm) and the paper recipe's LRN
+        cfg = ModelConfig.preset("paper") if norm == "default" else ModelConfig.preset("paper", norm=norm)
+        net = grading.build_grading_model(cfg, 4, "scratch", seed=0).eval()
+        models[norm] = (net, grading.GradingModel(net, ["1", "2", "3", "4"],
+                                                  {"config": {"mode": "scratch", "model": cfg.to_dict()}}))
+    net, gm = models["default"]
+    res["default_norm"] = net.config.norm
+    res["gflop_per_disc"] = 2 * count_macs(net, grading.IVD_HW) / 1e9
 
-    def grade_plain():
-        grading.grade_volumes(gm, vols, present, discs, None, grading.TTAConfig.none())
+    def grader(g):
+        return lambda: grading.grade_volumes(g, vols, present, discs, None, grading.TTAConfig.none())
 
-    grade_plain()  # warm-up (oneDNN primitive creation)
-    t = median_of(grade_plain, args.repeats)
-    res["torch_6disc_s"] = t
-    res["torch_gflops"] = 6 * res["gflop_per_disc"] / t
-    res["torch_fraction_of_matmul"] = res["torch_gflops"] / res["matmul_gflops"]
+    for norm, (_, g) in models.items():
+        grader(g)()  # warm-up (oneDNN primitive creation)
+    # interleaved: each repeat times both networks
+    walls = {k: [] for k in models}
+    for _ in range(args.repeats):
+        for norm, (_, g) in models.items():
+            walls[norm].append(median_of(grader(g), 1))
+    import statistics
+
+    for norm in models:
+        t = statistics.median(walls[norm])
+        pre = "torch" if norm == "default" else "torch_lrn"
+        res[f"{pre}_6disc_s"] = t
+        res[f"{pre}_gflops"] = 6 * res["gflop_per_disc"] / t
+        res[f"{pre}_fraction_of_matmul"] = res[f"{pre}_gflops"] / res["matmul_gflops"]
+    # per core, in CPU time (1 thread)
+    torch.set_num_threads(1)
+    a1, b1 = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a1, b1)
+    res["matmul_cpu_gflops_1t"] = 2 * n ** 3 / cpu_median_of(lambda: torch.mm(a1, b1), args.repeats) / 1e9
+    for norm, (_, g) in models.items():
+        grader(g)()
+        c = cpu_median_of(grader(g), max(2, args.repeats - 1))
+        pre = "torch" if norm == "default" else "torch_lrn"
+        res[f"{pre}_6disc_1t_cpu_s"] = c
+        res[f"{pre}_1t_fraction_of_matmul"] = 6 * res["gflop_per_disc"] / c / res["matmul_cpu_gflops_1t"]
+    torch.set_num_threads(args.threads)
 
     if not args.skip_tta:
         tta = grading.TTAConfig()

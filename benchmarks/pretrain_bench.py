@@ -67,16 +67,20 @@ def model_only(preset_cfg, device, batch: int, steps: int, dtype=None, compile: 
     step()  # warm-up
     if device.type == "cuda":
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     for _ in range(steps):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
     dt = (time.perf_counter() - t0) / steps
+    cpu = (time.process_time() - c0) / steps           # CPU time of all this process's threads
     macs = M.count_macs(net)
     flops_per_step = 3 * 2 * macs * 2 * batch          # fwd + 2x bwd, 2 volumes per pair
-    return {"preset": preset_cfg.preset, "batch_pairs": batch, "step_s": dt, "pairs_per_s": batch / dt,
-            "model_gflops_per_s": flops_per_step / dt / 1e9, "gflops_per_volume_fwd": 2 * macs / 1e9}
+    return {"preset": preset_cfg.preset, "norm": preset_cfg.norm, "conv_impl": preset_cfg.conv_impl,
+            "threads": torch.get_num_threads(), "batch_pairs": batch, "step_s": dt, "cpu_s": cpu,
+            "pairs_per_s": batch / dt, "model_gflops_per_s": flops_per_step / dt / 1e9,
+            "model_gflops_per_cpu_s": flops_per_step / cpu / 1e9 if cpu > 0 else None,
+            "gflops_per_volume_fwd": 2 * macs / 1e9}
 
 
 def input_pipeline(cohort, rows, net_hw, batch: int, workers: int, max_batches: int, augment: bool,
@@ -111,6 +115,39 @@ def input_pipeline(cohort, rows, net_hw, batch: int, workers: int, max_batches: 
     dt = time.perf_counter() - t0
     return {"pairs": n, "seconds": dt, "pairs_per_s": n / dt, "workers": workers, "augment": augment,
             "device": device.type, "net_hw": list(net_hw)}
+
+
+def device_pipeline(cohort, rows, net_hw, batch: int, max_batches: int, augment: bool, device=None) -> dict:
+    """The device-resident pipeline (``device_cache``: decoded float16 volumes in one tensor on the
+    device, pairs gathered there, no DataLoader) + augmentation: pairs/s (build time apart)."""
+    import torch
+
+    from SpineSSLLib import data as D
+    from SpineSSLLib.device_cache import DevicePairLoader, DeviceVolumes
+
+    device = device or torch.device("cpu")
+    cache = D.VolumeCache(cohort, rows, net_hw, progress=False)
+    t0 = time.perf_counter()
+    vols = DeviceVolumes(cache, rows, device)
+    build = time.perf_counter() - t0
+    loader = DevicePairLoader(rows, vols, D.PairSampler(rows, D.PairConfig(), seed=0), batch)
+    aug = D.PairAugment(D.AugmentConfig(), net_hw) if augment else None
+    if aug is not None:
+        x = torch.zeros(1, 1, 9, *net_hw, device=device)
+        aug({"a": x, "b": x})
+    n, t0 = 0, time.perf_counter()
+    for i, bt in enumerate(loader):
+        if aug is not None:
+            with torch.no_grad():
+                bt = aug(bt)
+        n += bt["a"].shape[0]
+        if i + 1 >= max_batches:
+            break
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    return {"pairs": n, "seconds": dt, "pairs_per_s": n / dt, "build_s": build, "where": vols.where,
+            "gb": vols.nbytes / 1e9, "augment": augment, "device": device.type, "net_hw": list(net_hw)}
 
 
 def main(argv=None) -> int:

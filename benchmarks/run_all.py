@@ -52,11 +52,26 @@ def log(msg: str) -> None:
 # the training part: input pipeline vs model, CPU training step (run as a separate process)
 # --------------------------------------------------------------------------------------------
 
+def _passive_step(batch: int, steps: int, threads: int) -> dict:
+    """The same `small` model-only step in a fresh process with OMP_WAIT_POLICY=PASSIVE (OpenMP
+    threads sleep instead of spinning while they wait; must be set before torch starts)."""
+    code = ("import json, sys, torch; sys.path.insert(0, 'benchmarks'); torch.set_num_threads(%d); "
+            "from pretrain_bench import model_only; from SpineSSLLib.models import ModelConfig; "
+            "print('RESULT', json.dumps(model_only(ModelConfig.preset('small'), torch.device('cpu'), %d, %d)))"
+            % (threads, batch, steps))
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, text=True, capture_output=True, timeout=900)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"passive step failed: {out.stderr.strip()[-300:]}")
+    return json.loads(line[7:])
+
+
 def training_part(cohort: str, repeats: int, steps: int, paper: bool, threads: int) -> dict:
     import torch
 
     import machine
-    from pretrain_bench import input_pipeline, model_only
+    from pretrain_bench import device_pipeline, input_pipeline, model_only
 
     from SpineSSLLib import data as D
     from SpineSSLLib import progress
@@ -66,27 +81,53 @@ def training_part(cohort: str, repeats: int, steps: int, paper: bool, threads: i
     torch.set_num_threads(threads)
     cpu = torch.device("cpu")
     small = ModelConfig.preset("small")
+    one_thread = {"small": small, "small_lrn": ModelConfig.preset("small", norm="lrn"),
+                  "small_fold2d": ModelConfig.preset("small", conv_impl="fold2d")}
     rows = D.read_vb_table(cohort)
+    hw = small.net_hw((224, 224))
     batch, workers = 16, 1
+    nb = max(3, 96 // batch)
     res = {"cohort_vb_volumes": len(rows), "cohort_subjects": len({r.subject_key for r in rows}),
            "threads": threads, "batch_pairs": batch, "loader_workers": workers, "repeats": repeats,
-           "steps_per_repeat": steps, "model_only": [], "input_pipeline": [], "matmul_gflops": []}
-    input_pipeline(cohort, rows, small.net_hw((224, 224)), batch, 0, 1, True)  # cache + MONAI warm-up
+           "steps_per_repeat": steps, "model_only": [], "model_only_passive": [], "input_pipeline": [],
+           "device_pipeline": [], "matmul_gflops": [], "matmul_cpu_gflops_1t": [],
+           **{f"{k}_1t": [] for k in one_thread}}
+    input_pipeline(cohort, rows, hw, batch, 0, 1, True)  # cache + MONAI warm-up
     for _ in range(repeats):  # interleaved: the machine's load affects both sides alike
+        torch.set_num_threads(threads)
         res["matmul_gflops"].append(machine.matmul_gflops(2048, 3))
         res["model_only"].append(model_only(small, cpu, batch, steps))
-        res["input_pipeline"].append(input_pipeline(cohort, rows, small.net_hw((224, 224)), batch, workers,
-                                                    max(3, 96 // batch), True))
+        try:
+            res["model_only_passive"].append(_passive_step(batch, steps, threads))
+        except (RuntimeError, subprocess.SubprocessError) as e:
+            res.setdefault("errors", []).append(str(e))
+        res["input_pipeline"].append(input_pipeline(cohort, rows, hw, batch, workers, nb, True))
+        res["device_pipeline"].append(device_pipeline(cohort, rows, hw, batch, nb, True))
+        torch.set_num_threads(1)  # per-core figures in CPU time: what the other load barely moves
+        res["matmul_cpu_gflops_1t"].append(machine.matmul_gflops(2048, 3, clock="cpu"))
+        for k, cfg in one_thread.items():
+            res[f"{k}_1t"].append(model_only(cfg, cpu, batch, steps))
+        torch.set_num_threads(threads)
     med = statistics.median
     res["matmul_gflops_median"] = med(res["matmul_gflops"])
     res["small_step_s"] = med(r["step_s"] for r in res["model_only"])
     res["small_model_pairs_per_s"] = med(r["pairs_per_s"] for r in res["model_only"])
     res["small_model_gflops_per_s"] = med(r["model_gflops_per_s"] for r in res["model_only"])
     res["small_fraction_of_matmul"] = res["small_model_gflops_per_s"] / res["matmul_gflops_median"]
+    if res["model_only_passive"]:
+        res["small_passive_step_s"] = med(r["step_s"] for r in res["model_only_passive"])
+        res["small_passive_fraction_of_matmul"] = (med(r["model_gflops_per_s"] for r in res["model_only_passive"])
+                                                   / res["matmul_gflops_median"])
+    mm1 = res["matmul_cpu_gflops_1t_median"] = med(res["matmul_cpu_gflops_1t"])
+    for k in one_thread:
+        res[f"{k}_1t_cpu_s"] = med(r["cpu_s"] for r in res[f"{k}_1t"])
+        res[f"{k}_1t_fraction_of_matmul"] = med(r["model_gflops_per_cpu_s"] for r in res[f"{k}_1t"]) / mm1
     res["input_pairs_per_s"] = med(r["pairs_per_s"] for r in res["input_pipeline"])
     res["input_vs_model"] = res["input_pairs_per_s"] / res["small_model_pairs_per_s"]
     res["input_vs_model_per_repeat"] = [i["pairs_per_s"] / m["pairs_per_s"]
                                         for i, m in zip(res["input_pipeline"], res["model_only"])]
+    res["device_pairs_per_s"] = med(r["pairs_per_s"] for r in res["device_pipeline"])
+    res["device_vs_dataloader"] = res["device_pairs_per_s"] / res["input_pairs_per_s"]
     if paper:
         pb = 1
         res["paper"] = [model_only(ModelConfig.preset("paper"), cpu, pb, 1) for _ in range(2)]
@@ -165,6 +206,9 @@ def gpu_results(folder=None) -> list[dict]:
         if isinstance(d, dict) and "bf16_contiguous" in d:  # benchmarks/gpu_variants.py
             out.append({"file": _rel(p), "variants": True, "data": d})
             continue
+        if isinstance(d, dict) and d.get("schema") == "spinessl.bench.gpu_impls/1":  # benchmarks/gpu_impls.py
+            out.append({"file": _rel(p), "impls": True, "date": d.get("date", ""), "data": d})
+            continue
         if not isinstance(d, dict) or not any(k.endswith("_cuda") for k in d):
             out.append({"file": _rel(p), "other": True})
             continue
@@ -201,6 +245,17 @@ def build_rows(r: dict) -> list[dict]:
             q = s["ratio_extract_over_pydicom_read"]
             add(f"extraction ÷ pydicom read, {s['series']} series", f"{q:.2f}× ({s['extract_s'] * 1000:.0f} ms vs "
                 f"{s['pydicom_read_s'] * 1000:.0f} ms)", "≤ 1.5×", q <= 1.5)
+        s = ex["sizes"][0]
+        if "ratio_save_over_extract_cpu" in s:
+            q = s["ratio_save_over_extract_cpu"]
+            add(f"volume-file write ÷ extraction, {s['series']} (CPU time; wall {s['ratio_save_over_extract']:.2f}×)",
+                f"{q:.2f}× ({s['save_cpu_s'] * 1000:.0f} ms vs {s['extract_cpu_s'] * 1000:.0f} ms); pre-#17 write "
+                f"{s['save_pre17_cpu_s'] * 1000:.0f} ms", "≤ 1.0×", q <= 1.0)
+            q = s["ratio_size_over_pre17"]
+            add(f"volume-file size ÷ pre-#17 .npz, {s['series']}", f"{q:.2f}× ({s['file_mb']:.2f} vs "
+                f"{s['file_pre17_mb']:.2f} MB)", "≤ 1.25×", q <= 1.25)
+            add(f"training read of the vb array, {s['series']} (CPU time)", f"{s['read_vb_cpu_s'] * 1000:.0f} ms "
+                f"(pre-#17 {s['read_vb_pre17_cpu_s'] * 1000:.0f} ms)")
     tr = r.get("training")
     if tr:
         q = tr["input_vs_model"]
@@ -208,8 +263,17 @@ def build_rows(r: dict) -> list[dict]:
             f"{tr['small_model_pairs_per_s']:.2f} pairs/s)", "≥ 0.9×", q >= 0.9)
     gl = r.get("grade_latency")
     if gl:
-        add("grading latency, 6 discs, paper, CPU, no TTA", f"{gl['torch_6disc_s']:.2f} s", "≤ 1.5 s",
-            gl["torch_6disc_s"] <= 1.5)
+        norm = gl.get("default_norm")
+        add("grading latency, 6 discs, paper, CPU, no TTA" + (f" ({norm} norm, the default)" if norm else ""),
+            f"{gl['torch_6disc_s']:.2f} s", "≤ 1.0 s", gl["torch_6disc_s"] <= 1.0)
+        if "torch_lrn_6disc_s" in gl:
+            add("grading latency, 6 discs, paper recipe (LRN), CPU, no TTA", f"{gl['torch_lrn_6disc_s']:.2f} s",
+                "≤ 1.0 s", gl["torch_lrn_6disc_s"] <= 1.0)
+        if "torch_6disc_1t_cpu_s" in gl:
+            add("grading, 6 discs, per core: 1-thread CPU time (default / LRN)",
+                f"{gl['torch_6disc_1t_cpu_s']:.2f} s / {gl['torch_lrn_6disc_1t_cpu_s']:.2f} s = "
+                f"{gl['torch_1t_fraction_of_matmul']:.0%} / {gl['torch_lrn_1t_fraction_of_matmul']:.0%} of the "
+                "1-thread matmul")
         q = gl["torch_fraction_of_matmul"]
         add("grading GFLOP/s ÷ fp32 matmul GFLOP/s", f"{q:.0%} ({gl['torch_gflops']:.1f} vs "
             f"{gl['matmul_gflops']:.1f} GFLOP/s)", "≥ 60 %", q >= 0.6)
@@ -218,14 +282,47 @@ def build_rows(r: dict) -> list[dict]:
         if "onnxruntime_6disc_s" in gl:
             add("grading latency, ONNX Runtime, no TTA", f"{gl['onnxruntime_6disc_s']:.2f} s")
     if tr:
-        add(f"training step, small, CPU, {tr['batch_pairs']} pairs", f"{tr['small_step_s']:.2f} s "
-            f"({tr['small_model_gflops_per_s']:.1f} GFLOP/s = {tr['small_fraction_of_matmul']:.0%} of matmul)")
+        if "small_1t_fraction_of_matmul" in tr:
+            q = tr["small_1t_fraction_of_matmul"]
+            add(f"training step, small, {tr['batch_pairs']} pairs: share of the matmul rate per core (CPU time, 1 thread)",
+                f"{q:.0%} ({tr['small_1t_cpu_s']:.2f} CPU s/step)", "≥ 35 %", q >= 0.35)
+            add("the same, paper recipe's LRN / conv_impl fold2d (CPU time, 1 thread)",
+                f"{tr['small_lrn_1t_fraction_of_matmul']:.0%} ({tr['small_lrn_1t_cpu_s']:.2f} s) / "
+                f"{tr['small_fold2d_1t_fraction_of_matmul']:.0%} ({tr['small_fold2d_1t_cpu_s']:.2f} s)")
+        add(f"training step, small, CPU, {tr['batch_pairs']} pairs, {tr['threads']} threads (wall)",
+            f"{tr['small_step_s']:.2f} s ({tr['small_model_gflops_per_s']:.1f} GFLOP/s = "
+            f"{tr['small_fraction_of_matmul']:.0%} of matmul)")
+        if "small_passive_step_s" in tr:
+            add("the same with OMP_WAIT_POLICY=PASSIVE (wall)", f"{tr['small_passive_step_s']:.2f} s "
+                f"({tr['small_passive_fraction_of_matmul']:.0%} of matmul)")
+        if "device_pairs_per_s" in tr:
+            add("device-resident pipeline ÷ DataLoader pipeline pairs/s (small, CPU)",
+                f"{tr['device_vs_dataloader']:.2f}× ({tr['device_pairs_per_s']:.1f} vs {tr['input_pairs_per_s']:.1f})")
         if "paper_step_s" in tr:
             add(f"training step, paper, CPU, {tr['paper_batch_pairs']} pair(s)", f"{tr['paper_step_s']:.1f} s "
                 f"({tr['paper_model_gflops_per_s']:.1f} GFLOP/s = {tr['paper_fraction_of_matmul']:.0%} of matmul)")
     variants = next((g for g in r.get("gpu", []) if g.get("variants")), None)
     for g in r.get("gpu", []):
-        if g.get("variants"):
+        if g.get("impls") and not g["data"].get("dry_run"):
+            d = g["data"]
+            for preset, vs in (d.get("variants") or {}).items():
+                ok = {k: v for k, v in vs.items() if "step_s" in v}
+                if ok:
+                    best = max(ok, key=lambda k: ok[k]["pairs_per_s"])
+                    mfu = ok[best].get("mfu")
+                    add(f"training step, {preset}, {ok[best]['batch_pairs']} pairs, {d['device']}, best implementation "
+                        f"({best}; GPU file {g['date'][:10]})", f"{ok[best]['step_s'] * 1000:.1f} ms, MFU {_f(mfu, '{:.1%}')}",
+                        "≥ 35 % MFU" if preset == "paper" else "—",
+                        (mfu >= 0.35 if mfu is not None else None) if preset == "paper" else None, note=g["file"])
+            for preset, es in (d.get("end_to_end") or {}).items():
+                for v, e in es.items():
+                    if "ratio_to_model_only" in e:
+                        q = e["ratio_to_model_only"]
+                        add(f"end-to-end step (device pipeline + GPU augmentation) ÷ model-only, {preset}, {v}, "
+                            f"{d['device']} (GPU file)", f"{q:.2f}×", "≥ 0.9×" if preset == "paper" else "—",
+                            q >= 0.9 if preset == "paper" else None, note=g["file"])
+    for g in r.get("gpu", []):
+        if g.get("variants") or g.get("impls"):
             continue
         d = g.get("data") or {}
         gpu = d.get("machine", {}).get("gpu") or (d.get("model_only_paper_cuda") or {}).get("gpu") or "GPU"
@@ -269,6 +366,53 @@ def build_rows(r: dict) -> list[dict]:
     return rows
 
 
+def gpu_impls_markdown(impls: list[dict]) -> list[str]:
+    """The section of benchmarks/gpu_impls.py's results (issue #17), or the note that they are
+    not measured yet."""
+    real = [g for g in impls if not g["data"].get("dry_run")]
+    if not real:
+        return ["### Issue #17's implementations and the device-resident pipeline: not measured on a GPU yet", "",
+                "`conv_impl=\"fold2d\"` (depth-unfold + conv2d), `torch.compile` (with and without CUDA graphs), "
+                "channels-last 2D, fused SGD and the device-resident float16 input pipeline "
+                "(`SpineSSLLib/device_cache.py`) were built and tested on the CPU on 2026-11-28 by a session that "
+                "had no GPU; the GPU rows below keep their last measured values (dated). One short GPU session "
+                "measures them all: `E2E=0 benchmarks/gpu_check.sh OUT` (packages the GPU image lacks: "
+                "`benchmarks/gpu_wheels.sh`), then copy `OUT/gpu_impls.json` and `OUT/pretrain_bench_gpu.json` to "
+                "`benchmarks/results/gpu/` and re-render this page (`benchmarks/run_all.py --render "
+                "benchmarks/results/bench_cpu.json`)." + (" The CPU rehearsal's file (" + ", ".join(
+                    f"`{g['file']}`" for g in impls) + ") only proves the script runs." if impls else ""), ""]
+    L = []
+    for g in real:
+        d = g["data"]
+        peak = d.get("peak_bf16_tflops")
+        L += [f"### {d['device']} — training step by implementation (`{g['file']}`, {g['date']}, "
+              "`benchmarks/gpu_impls.py`)", "",
+              f"bf16 autocast, SGD step, FLOPs counted from the network; MFU of {_f(peak, '{:.0f}')} TFLOP/s dense "
+              f"bf16 (measured bf16 matmul {_f(d.get('measured_bf16_matmul_tflops'), '{:.0f}')} TFLOP/s). First step = "
+              "compilation / autotuning.", "",
+              "| preset | variant | step | pairs/s | model TFLOP/s | MFU | first step |", "|---|---|---|---|---|---|---|"]
+        for preset, vs in (d.get("variants") or {}).items():
+            for k, v in vs.items():
+                if "step_s" in v:
+                    L.append(f"| {preset} | {k} | {v['step_s'] * 1000:.1f} ms | {v['pairs_per_s']:.0f} | "
+                             f"{v['model_tflops']:.1f} | {_f(v.get('mfu'), '{:.1%}')} | {v['first_step_s']:.1f} s |")
+                else:
+                    L.append(f"| {preset} | {k} | failed: {v.get('error', '?')} | | | | |")
+        L += ["", "| preset | DataLoader + GPU augmentation | device-resident + GPU augmentation | cache | "
+              "end-to-end ÷ model-only |", "|---|---|---|---|---|"]
+        for preset, pp in (d.get("pipelines") or {}).items():
+            e2e = (d.get("end_to_end") or {}).get(preset, {})
+            ratios = ", ".join(f"{v}: {e['ratio_to_model_only']:.2f}×" for v, e in e2e.items() if "ratio_to_model_only" in e)
+            if "device_pairs_per_s" in pp:
+                L.append(f"| {preset} | {pp['dataloader_pairs_per_s']:.0f} pairs/s ({pp['dataloader_workers']} workers) | "
+                         f"{pp['device_pairs_per_s']:.0f} pairs/s | {pp['device_cache_gb']:.2f} GB on "
+                         f"{pp['device_cache_where']}, built in {pp['device_cache_build_s']:.1f} s | {ratios} |")
+        if d.get("errors"):
+            L += ["", "Failed: " + "; ".join(d["errors"])]
+        L.append("")
+    return L
+
+
 def table(rows: list[dict]) -> str:
     w = [max(len(x[k]) for x in rows + [{"quantity": "quantity", "measured": "measured", "target": "target"}])
          for k in ("quantity", "measured", "target")]
@@ -287,7 +431,9 @@ def markdown(r: dict, rows: list[dict]) -> str:
          "Written by `benchmarks/run_all.py` (do not edit by hand; re-run the command below). "
          "Every figure is the median of repeated runs; every ratio compares figures measured in the same run "
          "(interleaved where the script allows), so the machine's other load affects both sides alike. "
-         "Targets are those of issue #9.", "",
+         "Targets are those of issues #9 and #17. On this shared 2-core machine the other work's load changes "
+         "wall times several-fold; per-core figures are therefore also given in CPU time of one thread "
+         "(numerator and denominator measured alike), and targets on them are judged that way where the row says so.", "",
          "## Run", "",
          f"- command: `{r['command']}`" + (f" (= `{r['make']}`)" if r.get("make") else "") + f", {r['mode']} run",
          f"- date: {r['started']} → {r['finished']} UTC ({r['total_minutes']:.1f} min)",
@@ -325,8 +471,23 @@ def markdown(r: dict, rows: list[dict]) -> str:
                      f"{s['extract_s'] * 1000:.0f} ms | {s['save_s'] * 1000:.0f} ms | "
                      f"{s['ratio_extract_over_pydicom_read']:.2f}× |")
         s0 = ex["sizes"][0]
-        L += ["", f"Writing the compressed `.npz` takes {s0['save_s'] / s0['extract_s']:.1f}× the extraction itself "
-              f"({s0['series']}); it is most of `spine-ssl extract`'s time per scan (see the scaling table).", ""]
+        if "save_pre17_s" in s0:
+            L += ["", "Volume-file storage (issue #17; the same arrays written both ways in each repeat; CPU time of "
+                  "this process, wall in brackets):", "",
+                  "| series | extract | write | write pre-#17 | file | file pre-#17 | read vb | read vb pre-#17 |",
+                  "|---|---|---|---|---|---|---|---|"]
+            for s in ex["sizes"]:
+                L.append(f"| {s['series']} | {s['extract_cpu_s'] * 1000:.0f} ms ({s['extract_s'] * 1000:.0f}) | "
+                         f"{s['save_cpu_s'] * 1000:.0f} ms ({s['save_s'] * 1000:.0f}) | {s['save_pre17_cpu_s'] * 1000:.0f} ms "
+                         f"({s['save_pre17_s'] * 1000:.0f}) | {s['file_mb']:.2f} MB | {s['file_pre17_mb']:.2f} MB | "
+                         f"{s['read_vb_cpu_s'] * 1000:.0f} ms | {s['read_vb_pre17_cpu_s'] * 1000:.0f} ms |")
+            L += ["", "Since issue #17 the volume file stores `vb`/`ivd` as Zstandard-compressed `.npy` members "
+                  "(level 1) in an uncompressed zip instead of zip-deflating every member; the float16 conversion goes "
+                  f"through torch. Raw float16 volumes are {s0['raw_volume_mb']:.1f} MB per scan. Pre-#17 files still "
+                  "load ([extraction.md](extraction.md)).", ""]
+        else:
+            L += ["", f"Writing the compressed `.npz` takes {s0['save_s'] / s0['extract_s']:.1f}× the extraction itself "
+                  f"({s0['series']}); it is most of `spine-ssl extract`'s time per scan (see the scaling table).", ""]
     gl = r.get("grade_latency")
     if gl:
         L += ["### Grading latency (`benchmarks/grade_latency.py`)", "",
@@ -335,7 +496,17 @@ def markdown(r: dict, rows: list[dict]) -> str:
               f"{gl['gflop_per_disc']:.1f} GFLOP per disc. Reference: {r['config'].get('matmul_n', 2048)}² fp32 "
               f"matmul {gl['matmul_gflops']:.1f} GFLOP/s in the same process.", "",
               f"- torch, no TTA: {gl['torch_6disc_s']:.2f} s = {gl['torch_gflops']:.1f} GFLOP/s "
-              f"({gl['torch_fraction_of_matmul']:.0%} of matmul)"]
+              f"({gl['torch_fraction_of_matmul']:.0%} of matmul)" + (f", {gl['default_norm']} norm (the default)"
+                                                                     if gl.get("default_norm") else "")]
+        if "torch_lrn_6disc_s" in gl:
+            L.append(f"- torch, no TTA, the paper recipe's LRN network: {gl['torch_lrn_6disc_s']:.2f} s = "
+                     f"{gl['torch_lrn_gflops']:.1f} GFLOP/s ({gl['torch_lrn_fraction_of_matmul']:.0%} of matmul)")
+        if "torch_6disc_1t_cpu_s" in gl:
+            L.append(f"- per core (1 thread, CPU time; 1-thread matmul {gl['matmul_cpu_gflops_1t']:.1f} GFLOP/s): default "
+                     f"{gl['torch_6disc_1t_cpu_s']:.2f} s ({gl['torch_1t_fraction_of_matmul']:.0%}), LRN "
+                     f"{gl['torch_lrn_6disc_1t_cpu_s']:.2f} s ({gl['torch_lrn_1t_fraction_of_matmul']:.0%}); on 2 idle "
+                     f"cores the latency is between half of that (perfect scaling: {gl['torch_6disc_1t_cpu_s'] / 2:.2f} s / "
+                     f"{gl['torch_lrn_6disc_1t_cpu_s'] / 2:.2f} s) and the 1-thread time")
         if "torch_6disc_tta_s" in gl:
             L.append(f"- torch, TTA ({gl['tta_views']} views, one run): {gl['torch_6disc_tta_s']:.1f} s")
         if "onnxruntime_6disc_s" in gl:
@@ -358,6 +529,29 @@ def markdown(r: dict, rows: list[dict]) -> str:
               f"- input pipeline: {tr['input_pairs_per_s']:.1f} pairs/s; ratio input ÷ model "
               f"{tr['input_vs_model']:.1f}× (per repeat: "
               + ", ".join(f"{q:.1f}" for q in tr["input_vs_model_per_repeat"]) + ")"]
+        if "small_1t_cpu_s" in tr:
+            L.append(f"- per core, 1 thread, CPU time (1-thread matmul {tr['matmul_cpu_gflops_1t_median']:.1f} GFLOP/s): "
+                     f"default (batch norm) {tr['small_1t_cpu_s']:.2f} s/step = {tr['small_1t_fraction_of_matmul']:.0%} of "
+                     f"matmul; paper recipe's LRN {tr['small_lrn_1t_cpu_s']:.2f} s ({tr['small_lrn_1t_fraction_of_matmul']:.0%}); "
+                     f"conv_impl fold2d {tr['small_fold2d_1t_cpu_s']:.2f} s ({tr['small_fold2d_1t_fraction_of_matmul']:.0%})")
+        if "small_passive_step_s" in tr:
+            L.append(f"- {tr['threads']} threads with OMP_WAIT_POLICY=PASSIVE (a fresh process; OpenMP threads sleep "
+                     f"instead of spinning while they wait): {tr['small_passive_step_s']:.2f} s/step vs "
+                     f"{tr['small_step_s']:.2f} s with the default policy")
+        cpu2 = [m["cpu_s"] for m in tr.get("model_only", []) if m.get("cpu_s")]
+        if cpu2 and "small_1t_cpu_s" in tr:  # issue #17: what else is in the multi-thread step
+            c2, c1 = statistics.median(cpu2), tr["small_1t_cpu_s"]
+            L.append(f"- CPU time of the same `small` step: {c2:.2f} CPU-s at {tr['threads']} threads vs {c1:.2f} at "
+                     f"one ({c2 / c1:.1f}×); the model-only step has no data loading, augmentation or "
+                     "diagnostics, so "
+                     + ("the extra CPU time is the threads waiting (OpenMP threads spin at each of the step's "
+                        "many short parallel operations while the partner thread is descheduled by other load); "
+                        "the per-core share above is what the step achieves when it has the cores"
+                        if c2 > 1.25 * c1 else "the threads cost little CPU time beyond the work itself"))
+        if "device_pairs_per_s" in tr:
+            L.append(f"- device-resident pipeline (`device_cache.DevicePairLoader`, volumes in one float16 tensor, no "
+                     f"DataLoader) + augmentation: {tr['device_pairs_per_s']:.1f} pairs/s = "
+                     f"{tr['device_vs_dataloader']:.2f}× the DataLoader pipeline")
         if "paper_step_s" in tr:
             L.append(f"- `paper` preset on this CPU, {tr['paper_batch_pairs']} pair(s) per step (median of 2): "
                      f"{tr['paper_step_s']:.1f} s/step, {tr['paper_model_gflops_per_s']:.1f} GFLOP/s "
@@ -387,7 +581,9 @@ def markdown(r: dict, rows: list[dict]) -> str:
               + ". The target is judged on CPU time, which the other load on this shared machine does not "
               "change; wall time is shown beside it.", ""]
     L += ["## GPU", ""]
-    gpus = [g for g in r.get("gpu", []) if not g.get("other") and not g.get("variants")]
+    gpus = [g for g in r.get("gpu", []) if not g.get("other") and not g.get("variants") and not g.get("impls")]
+    impls = [g for g in r.get("gpu", []) if g.get("impls")]
+    L += gpu_impls_markdown(impls)
     others = [g["file"] for g in r.get("gpu", []) if g.get("other")]
     if not gpus:
         L += ["No GPU results yet: `benchmarks/results/gpu/` holds no JSON. On a CUDA machine run "

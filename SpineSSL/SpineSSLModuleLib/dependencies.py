@@ -49,6 +49,7 @@ REQUIREMENTS = (
     Requirement("matplotlib", "matplotlib", "3.7", "figures (training curves, confusion matrices, QC pictures)"),
     Requirement("psutil", "psutil", "5.9", "stopping background jobs"),
     Requirement("sklearn", "scikit-learn", "1.3", "metrics (accuracy, kappa, ROC), class weights"),
+    Requirement("zstandard", "zstandard", "0.22", "volume files (extracted volumes are Zstandard-compressed)"),
 )
 
 

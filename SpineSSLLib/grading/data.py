@@ -14,6 +14,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..errors import ConfigError, ManifestError
+from ..extract.files import read_arrays
 
 # The paper's grading split: 920 graded subjects -> 670 train / 50 validation / 200 test.
 PAPER_SPLIT = (670, 50, 200)
@@ -208,13 +209,7 @@ def load_ivd_arrays(cohort_dir: str | os.PathLike, records: Sequence[IVDRecord])
     out = np.zeros((len(records), *IVD_SHAPE), dtype=np.float16)
     for fname, idxs in by_file.items():
         path = cohort_dir / fname
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                ivd = z["ivd"]
-        except FileNotFoundError:
-            raise ManifestError("volume file listed in volumes.csv is missing", path) from None
-        except (OSError, KeyError, ValueError) as e:
-            raise ManifestError(f"unreadable volume file ({type(e).__name__})", path) from None
+        ivd = read_arrays(path, ["ivd"])["ivd"]   # the one volume-file reader (either storage format)
         if ivd.ndim != 4 or tuple(ivd.shape[1:]) != IVD_SHAPE:
             raise ManifestError(f"ivd array has shape {ivd.shape}, expected (6, {IVD_SHAPE})", path)
         for i in idxs:

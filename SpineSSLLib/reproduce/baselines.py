@@ -59,6 +59,7 @@ def identity_pixel_auc(work: Path, subjects: set[str] | None, seed: int = 0, max
     two different subjects, one from a baseline and one from a follow-up scan (the positives'
     composition).  ``subjects`` restricts to a split (the pretraining test split); volumes are
     block-averaged by ``factor`` in-plane to bound memory."""
+    from ..extract.files import read_arrays
     from ..metrics import roc_auc
 
     rows = []
@@ -75,8 +76,7 @@ def identity_pixel_auc(work: Path, subjects: set[str] | None, seed: int = 0, max
     def vol(r) -> np.ndarray:
         key = (r["file"], int(r["index"]))
         if key not in cache:
-            with np.load(work / r["file"], allow_pickle=False) as z:
-                a = z["vb"][int(r["index"])].astype(np.float32)
+            a = read_arrays(work / r["file"], ["vb"])["vb"][int(r["index"])].astype(np.float32)
             k, h, w = a.shape
             cache[key] = a[:, :h - h % factor, :w - w % factor].reshape(k, h // factor, factor, w // factor,
                                                                         factor).mean(axis=(2, 4)).ravel()

@@ -143,12 +143,14 @@ def pipeline_identity(extracted, seed: int = 0, max_neg: int = 3) -> dict:
     extracted = Path(extracted)
     with open(extracted / "volumes.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["kind"] == "VB" and r["timepoint"] in ("0", "1")]
-    cache: dict[str, np.lib.npyio.NpzFile] = {}
+    from ..extract.files import read_arrays
+
+    cache: dict[str, np.ndarray] = {}
     vols = {}
     for r in rows:
         if r["file"] not in cache:
-            cache[r["file"]] = np.load(extracted / r["file"])
-        v = cache[r["file"]]["vb"][int(r["index"])].astype(np.float32)
+            cache[r["file"]] = read_arrays(extracted / r["file"], ["vb"])["vb"]
+        v = cache[r["file"]][int(r["index"])].astype(np.float32)
         v = v[:, ::4, ::4]
         vols[(r["subject_key"], int(r["timepoint"]), r["level"])] = (v - v.mean()) / (v.std() + 1e-6)
     fam = {r["subject_key"]: r["family"] or r["subject_key"] for r in rows}

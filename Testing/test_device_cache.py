@@ -1,0 +1,64 @@
+"""The device-side pair pipeline (issue #17): DevicePairLoader yields exactly the batches of
+DataLoader(PairDataset) on the same sampler, with the volumes held as one float16 tensor."""
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from pretrain_helpers import cohort_rows, write_cohort
+
+from SpineSSLLib import data as D
+from SpineSSLLib.device_cache import DevicePairLoader, DeviceVolumes, fits_on_device, volume_bytes
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dc")
+    rng = np.random.default_rng(4)   # blocky volumes (distinct per row): quick to compress
+    write_cohort(root, cohort_rows(6, frac_long=0.67, three_visit_every=3),
+                 make_volume=lambda r: np.kron(rng.random((9, 7, 7)), np.ones((1, 32, 32))))
+    with open(root / "volumes.csv", newline="") as f:  # a metadata label for an aux head
+        rows = list(csv.DictReader(f))
+    for i, r in enumerate(rows):
+        r["sex"] = "" if i % 5 == 0 else str(int(r["subject_key"][1:]) % 2)
+    with open(root / "volumes.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return root
+
+
+def test_device_pair_loader_equals_the_dataloader(cohort, tmp_path):
+    rows = D.read_vb_table(cohort, {"sex": 2})
+    cache = D.VolumeCache(cohort, rows, (112, 112), cache_dir=tmp_path / "cache", progress=False)
+    vols = DeviceVolumes(cache, rows, "cpu", chunk=7)   # several staging chunks
+    assert vols.where == "device" and vols.data.dtype == torch.float16 and vols.nbytes == volume_bytes(rows, (112, 112))
+    assert fits_on_device(10**15, torch.device("cpu"))
+    sampler = D.PairSampler(rows, D.PairConfig(neg_per_pos=2), seed=5)
+    ref = torch.utils.data.DataLoader(D.PairDataset(rows, cache), sampler=sampler, batch_size=5)
+    ours = DevicePairLoader(rows, vols, sampler, 5)
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        a, b = list(ref), list(ours)
+        assert len(b) == len(ours) == len(ref) and len(b) > 2
+        for x, y in zip(a, b):
+            assert set(x) == set(y) and {"aux_sex_a", "aux_sex_b"} <= set(y)
+            for k in x:
+                assert x[k].dtype == y[k].dtype and torch.equal(x[k], y[k]), (epoch, k)
+    with pytest.raises(ValueError, match="same rows"):
+        DevicePairLoader(rows[1:], vols, sampler, 5)
+
+
+def test_device_volumes_hold_the_cached_float16(cohort, tmp_path):
+    rows = D.read_vb_table(cohort)
+    cache = D.VolumeCache(cohort, rows, (224, 224), cache_dir=tmp_path / "cache", progress=False)
+    vols = DeviceVolumes(cache, rows, "cpu")
+    idx = torch.tensor([3, 0, 3])
+    got = vols.gather(idx)
+    assert got.shape == (3, 1, 9, 224, 224) and got.dtype == torch.float32
+    for k, i in enumerate(idx.tolist()):
+        np.testing.assert_array_equal(got[k, 0].numpy(), cache.volume(rows[i]))

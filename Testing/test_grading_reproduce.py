@@ -232,6 +232,8 @@ def test_aux_heads_row_pretrains_with_sex_and_age_heads_and_grades_its_frozen_tr
     rep = reproduce.Reproduction(out, cfg, cohort=foreign, levels=f"markups:{marks}", grades=str(grades_csv),
                                  log=lambda *a: None)
     rep.run()
+    assert "aux_heads" not in cfg.pretrain["model"] and "aux_heads" not in reproduce.PRESETS["small"].pretrain["model"]
+    assert '"aux_heads"' not in (out / "report.md").read_text().split("## ")[0]  # the configured recipe line
     with open(out / "work" / "volumes.csv") as f:
         vb = [r for r in csv.DictReader(f) if r["kind"] == "VB"]
     assert {r["sex"] for r in vb} <= {"0", "1"} and all(r["age_bin"] != "" for r in vb)

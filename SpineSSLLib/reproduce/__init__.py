@@ -89,7 +89,9 @@ def preset(name: str, **overrides) -> ReproduceConfig:
     """A preset with some fields replaced (e.g. ``seeds=(0,)``)."""
     if name not in PRESETS:
         raise ConfigError(f"unknown reproduce preset {name!r} (choose from {', '.join(PRESETS)})")
-    return replace(PRESETS[name], **overrides)
+    import copy
+
+    return replace(copy.deepcopy(PRESETS[name]), **overrides)  # callers may change its dicts
 
 
 @dataclass(frozen=True)

@@ -188,7 +188,9 @@ class Reproduction:
                     lambda: probe_checkpoint(d, self.work, d / "probe"))
 
     def _pretrain_dict(self) -> dict:
-        d = dict(self.cfg.pretrain)
+        import copy
+
+        d = copy.deepcopy(self.cfg.pretrain)  # the config loader may write into nested dicts
         d.pop("recipe", None)
         return d
 

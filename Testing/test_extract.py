@@ -499,3 +499,21 @@ def test_spider_layout_mha_with_masks_and_gradings(tmp_path):
     assert [(r["status"], r["n_vb"], r["n_ivd"], r["missing"]) for r in scans] == [("ok", "6", "5", "S1 L5-S1")] * 2
     assert all("S1: no label for this level in the mapping" in r["issues"] for r in scans)
     assert all(series[v["scan_key"]]["format"] == "image" for v in vols)
+
+
+def test_volume_file_bytes_do_not_depend_on_the_write_time(tmp_path, monkeypatch):
+    """The same arrays written at two different times give the same file byte for byte (a re-run
+    that rewrites a finished scan leaves it identical; zip members carry no write time)."""
+    import time as _time
+
+    from SpineSSLLib.extract.files import read_arrays, write_arrays
+
+    rng = np.random.default_rng(0)
+    arrays = {"vb": rng.random((2, 9, 8, 8)).astype(np.float16), "vb_present": np.ones(2, bool)}
+    real = _time.time
+    write_arrays(tmp_path / "a.npz", arrays)
+    monkeypatch.setattr(_time, "time", lambda: real() + 3 * 86400 + 7)  # three days and 7 s later
+    write_arrays(tmp_path / "b.npz", arrays)
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+    back = read_arrays(tmp_path / "b.npz")
+    np.testing.assert_array_equal(back["vb"], arrays["vb"])

@@ -49,18 +49,25 @@ def _npy_zst(arr: np.ndarray, cctx) -> bytes:
 def write_arrays(path, arrays: dict, compressed=COMPRESSED) -> None:
     """Write ``arrays`` (name -> array) as a volume file, atomically; names in ``compressed`` as
     Zstandard ``.npy.zst`` members, the others as plain ``.npy``.  Deterministic: the same arrays
-    give the same member bytes."""
+    give the same file, byte for byte (no write-time timestamps)."""
     from .. import atomic
 
     cctx = _zstd().ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True) if any(k in compressed for k in arrays) else None
     with atomic.atomic_path(path, suffix=".npz") as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
             for name, arr in arrays.items():
+                # fixed member timestamps (ZipInfo's 1980-01-01): the same arrays give the same file
                 if name in compressed:
-                    zf.writestr(name + ".npy.zst", _npy_zst(np.asarray(arr), cctx))
+                    zf.writestr(_member(name + ".npy.zst"), _npy_zst(np.asarray(arr), cctx))
                 else:
-                    with zf.open(name + ".npy", "w") as f:
+                    with zf.open(_member(name + ".npy"), "w") as f:
                         np.lib.format.write_array(f, np.asanyarray(arr), allow_pickle=False)
+
+
+def _member(name: str) -> zipfile.ZipInfo:
+    zi = zipfile.ZipInfo(name)  # date_time 1980-01-01 00:00:00
+    zi.external_attr = 0o644 << 16
+    return zi
 
 
 def _float16(a) -> np.ndarray:

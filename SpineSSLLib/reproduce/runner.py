@@ -136,45 +136,34 @@ class Reproduction:
         run_extraction(work, LevelSource.parse(levels), grades=grades)
 
     def pretrain(self):
-        from .. import checkpoint as ckpt
-
         splits_file = self.pretrain_splits_for_grading()
 
         from .. import pretrain as P
 
         cfg = self.pretrain_config()
-
-        def go():
-            P.run_pretraining(self.work, self.pretrain_dir, cfg, splits_path=splits_file,
-                              resume=ckpt.exists(self.pretrain_dir / "last"), progress=False)
-
-        self._stage("pretrain", ckpt.exists(self.pretrain_dir / "best") and
-                    (self.pretrain_dir / "fit.json").is_file(), go)
-        self._evaluate_pretraining(self.pretrain_dir, "")
+        self._pretrain_one(self.pretrain_dir, cfg, "", splits_file)
+        base = _flatten(self._pretrain_dict())
+        recipe = self.cfg.pretrain.get("recipe")
         if self.cfg.compare_objective:  # the other pair objective at equal compute, for the report
             other = "contrastive" if cfg.loss.objective == "ntxent" else "ntxent"
-            d = self.out / f"pretrain_{other}"
-            ocfg = P.load_config(overrides={**_flatten(self._pretrain_dict()), "loss.objective": other},
-                                 recipe=self.cfg.pretrain.get("recipe"))
-
-            def go_other():
-                P.run_pretraining(self.work, d, ocfg, splits_path=splits_file, resume=ckpt.exists(d / "last"),
-                                  progress=False)
-
-            self._stage(f"pretrain-{other}", ckpt.exists(d / "best") and (d / "fit.json").is_file(), go_other)
-            self._evaluate_pretraining(d, f"-{other}")
+            ocfg = P.load_config(overrides={**base, "loss.objective": other}, recipe=recipe)
+            self._pretrain_one(self.out / f"pretrain_{other}", ocfg, f"-{other}", splits_file)
         if self.cfg.aux_heads:  # metadata heads (sex, age) as extra free labels, same recipe otherwise
-            d = self.aux_pretrain_dir
-            acfg = P.load_config(overrides={**_flatten(self._pretrain_dict()),
-                                            "model.aux_heads": dict(self.cfg.aux_heads)},
-                                 recipe=self.cfg.pretrain.get("recipe"))
+            acfg = P.load_config(overrides={**base, "model.aux_heads": dict(self.cfg.aux_heads)}, recipe=recipe)
+            self._pretrain_one(self.aux_pretrain_dir, acfg, "-aux", splits_file)
 
-            def go_aux():
-                P.run_pretraining(self.work, d, acfg, splits_path=splits_file, resume=ckpt.exists(d / "last"),
-                                  progress=False)
+    def _pretrain_one(self, d: Path, cfg, suffix: str, splits_file: Path):
+        """Stage ``pretrain<suffix>``: one pretraining into ``d`` (resumed from ``d/last``), then its
+        evaluation stages."""
+        from .. import checkpoint as ckpt
+        from .. import pretrain as P
 
-            self._stage("pretrain-aux", ckpt.exists(d / "best") and (d / "fit.json").is_file(), go_aux)
-            self._evaluate_pretraining(d, "-aux")
+        def go():
+            P.run_pretraining(self.work, d, cfg, splits_path=splits_file, resume=ckpt.exists(d / "last"),
+                              progress=False)
+
+        self._stage(f"pretrain{suffix}", ckpt.exists(d / "best") and (d / "fit.json").is_file(), go)
+        self._evaluate_pretraining(d, suffix)
 
     def _evaluate_pretraining(self, d: Path, suffix: str):
         """The paper's §4.1 figures on the pretraining test split (same/different AUC beside the

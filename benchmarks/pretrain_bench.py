@@ -83,6 +83,30 @@ def model_only(preset_cfg, device, batch: int, steps: int, dtype=None, compile: 
             "gflops_per_volume_fwd": 2 * macs / 1e9}
 
 
+def _drain(loader, aug, net_hw, device, max_batches: int, to_device: bool) -> tuple[int, float]:
+    """Pairs taken from ``loader`` (moved to ``device`` when ``to_device``, augmented by ``aug`` when
+    given) in at most ``max_batches`` batches, and the seconds it took (augmentation warmed up first:
+    MONAI imports and first-call set-up are not throughput)."""
+    import torch
+
+    if aug is not None:
+        x = torch.zeros(1, 1, 9, *net_hw, device=device)
+        aug({"a": x, "b": x})
+    n, t0 = 0, time.perf_counter()
+    for i, bt in enumerate(loader):
+        if to_device:
+            bt = {k: v.to(device, non_blocking=True) for k, v in bt.items()}
+        if aug is not None:
+            with torch.no_grad():
+                bt = aug(bt)
+        n += bt["a"].shape[0]
+        if i + 1 >= max_batches:
+            break
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return n, time.perf_counter() - t0
+
+
 def input_pipeline(cohort, rows, net_hw, batch: int, workers: int, max_batches: int, augment: bool,
                    device=None) -> dict:
     import torch
@@ -96,23 +120,8 @@ def input_pipeline(cohort, rows, net_hw, batch: int, workers: int, max_batches: 
     cuda = device.type == "cuda"
     loader = DataLoader(D.PairDataset(rows, cache), sampler=sampler, batch_size=batch, num_workers=workers,
                         persistent_workers=False, pin_memory=cuda)
-    aug = D.PairAugment(D.AugmentConfig(), net_hw) if augment else None
-    if aug is not None:  # warm-up: MONAI imports and first-call set-up are not throughput
-        x = torch.zeros(1, 1, 9, *net_hw, device=device)
-        aug({"a": x, "b": x})
-    n, t0 = 0, time.perf_counter()
-    for i, bt in enumerate(loader):
-        if cuda:
-            bt = {k: v.to(device, non_blocking=True) for k, v in bt.items()}
-        if aug is not None:
-            with torch.no_grad():
-                bt = aug(bt)
-        n += bt["a"].shape[0]
-        if i + 1 >= max_batches:
-            break
-    if cuda:
-        torch.cuda.synchronize()
-    dt = time.perf_counter() - t0
+    n, dt = _drain(loader, D.PairAugment(D.AugmentConfig(), net_hw) if augment else None, net_hw, device,
+                   max_batches, to_device=cuda)
     return {"pairs": n, "seconds": dt, "pairs_per_s": n / dt, "workers": workers, "augment": augment,
             "device": device.type, "net_hw": list(net_hw)}
 
@@ -131,21 +140,8 @@ def device_pipeline(cohort, rows, net_hw, batch: int, max_batches: int, augment:
     vols = DeviceVolumes(cache, rows, device)
     build = time.perf_counter() - t0
     loader = DevicePairLoader(rows, vols, D.PairSampler(rows, D.PairConfig(), seed=0), batch)
-    aug = D.PairAugment(D.AugmentConfig(), net_hw) if augment else None
-    if aug is not None:
-        x = torch.zeros(1, 1, 9, *net_hw, device=device)
-        aug({"a": x, "b": x})
-    n, t0 = 0, time.perf_counter()
-    for i, bt in enumerate(loader):
-        if aug is not None:
-            with torch.no_grad():
-                bt = aug(bt)
-        n += bt["a"].shape[0]
-        if i + 1 >= max_batches:
-            break
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    dt = time.perf_counter() - t0
+    n, dt = _drain(loader, D.PairAugment(D.AugmentConfig(), net_hw) if augment else None, net_hw, device,
+                   max_batches, to_device=False)
     return {"pairs": n, "seconds": dt, "pairs_per_s": n / dt, "build_s": build, "where": vols.where,
             "gb": vols.nbytes / 1e9, "augment": augment, "device": device.type, "net_hw": list(net_hw)}
 

@@ -100,6 +100,9 @@ class DevicePairLoader:
         return math.ceil(len(self.sampler) / self.batch_size)
 
     def __iter__(self):
+        # a DataLoader iterator draws one int64 base seed from torch's global generator; draw it
+        # too, so that training's random stream (augmentation, dropout) is the same with either loader
+        torch.empty((), dtype=torch.int64).random_()
         dev = self.volumes.device
         pairs = list(iter(self.sampler))
         for s in range(0, len(pairs), self.batch_size):

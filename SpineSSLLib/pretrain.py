@@ -61,6 +61,9 @@ RECIPES: dict[str, dict] = {
 }
 
 
+LOADERS = ("auto", "workers", "device")
+
+
 @dataclass
 class PretrainConfig:
     """Everything a pretraining run needs besides the data (a JSON file holds the same keys)."""
@@ -75,6 +78,16 @@ class PretrainConfig:
     split_seed: int = 0
     split_fractions: list = field(default_factory=lambda: [0.8, 0.1, 0.1])
     eval_neg_per_pos: float = 1.0
+    loader: str = "auto"
+    """Where training pairs are built: ``workers`` (a DataLoader with ``train.num_workers``
+    processes reading the volume cache), ``device`` (``device_cache.DevicePairLoader``: every
+    decoded float16 volume held on the training device, or in pinned memory when it does not fit,
+    batches gathered there — no workers, no per-batch host-to-device copy), or ``auto``
+    (``device`` on CUDA, ``workers`` elsewhere).  Both give the same batches (tested)."""
+
+    def __post_init__(self):
+        if self.loader not in LOADERS:
+            raise ConfigError(f"pretraining loader must be one of {', '.join(LOADERS)}, got {self.loader!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -167,10 +180,7 @@ def run_pretraining(cohort, out, cfg: PretrainConfig, *, splits_path=None, resum
                                 seed=10_000 + train_cfg.seed, rank=info.rank,
                                 world=info.world, shuffle=False)
     pin = device.type == "cuda"
-    nw = train_cfg.num_workers
-    train_loader = DataLoader(D.PairDataset(part["train"], cache), sampler=train_sampler,
-                              batch_size=train_cfg.batch_size, num_workers=nw, pin_memory=pin,
-                              persistent_workers=nw > 0)
+    train_loader = make_train_loader(cfg, part["train"], cache, train_sampler, device)
     val_loader = None
     if val_sampler.positives:
         val_loader = DataLoader(D.PairDataset(part["val"], cache), sampler=val_sampler,
@@ -204,6 +214,21 @@ def run_pretraining(cohort, out, cfg: PretrainConfig, *, splits_path=None, resum
     if info.is_main:
         write_json(out / "pretrain_summary.json", summary)
     return summary
+
+
+def make_train_loader(cfg: PretrainConfig, rows, cache, sampler, device):
+    """The training pair loader ``cfg.loader`` asks for (``auto``: on the device when training on CUDA)."""
+    from torch.utils.data import DataLoader
+
+    from . import data as D
+
+    if cfg.loader == "device" or (cfg.loader == "auto" and device.type == "cuda"):
+        from .device_cache import DevicePairLoader, DeviceVolumes
+
+        return DevicePairLoader(rows, DeviceVolumes(cache, rows, device), sampler, cfg.train.batch_size)
+    nw = cfg.train.num_workers
+    return DataLoader(D.PairDataset(rows, cache), sampler=sampler, batch_size=cfg.train.batch_size,
+                      num_workers=nw, pin_memory=device.type == "cuda", persistent_workers=nw > 0)
 
 
 def evaluate_split(model, rows, cache, cfg: PretrainConfig, device, out_dir, *, seed: int = 20_000,

@@ -62,3 +62,31 @@ def test_device_volumes_hold_the_cached_float16(cohort, tmp_path):
     assert got.shape == (3, 1, 9, 224, 224) and got.dtype == torch.float32
     for k, i in enumerate(idx.tolist()):
         np.testing.assert_array_equal(got[k, 0].numpy(), cache.volume(rows[i]))
+
+
+def test_pretraining_with_the_device_loader_equals_the_dataloader(cohort, tmp_path):
+    """`loader: device` trains exactly like `loader: workers` (same batches, same random stream:
+    augmentation incl. appearance, dropout), so switching it on a GPU changes speed, not results."""
+    import csv as _csv
+
+    from SpineSSLLib.pretrain import load_config, run_pretraining
+
+    logs = {}
+    for loader in ("workers", "device"):
+        cfg = load_config(overrides={"model": {"width": 0.0625, "fc6": 32, "fc7": 16, "input_scale": 0.25},
+                                     "train": {"max_epochs": 2, "batch_size": 4, "num_workers": 0, "device": "cpu"},
+                                     "split_fractions": [0.67, 0.33, 0.0], "loader": loader})
+        assert cfg.augment.noise > 0 and cfg.model.dropout > 0   # the default recipe's random parts are on
+        run_pretraining(cohort, tmp_path / loader, cfg, cache_dir=tmp_path / "cache", progress=False,
+                        evaluate_val=False)
+        with open(tmp_path / loader / "log.csv", newline="") as f:
+            logs[loader] = [(r["train_loss"], r["val_loss"]) for r in _csv.DictReader(f)]
+    assert len(logs["device"]) == 2 and logs["device"] == logs["workers"]
+
+
+def test_pretraining_loader_is_checked():
+    from SpineSSLLib.errors import ConfigError
+    from SpineSSLLib.pretrain import load_config
+
+    with pytest.raises(ConfigError, match="loader must be one of auto, workers, device"):
+        load_config(overrides={"loader": "gpu"})

@@ -19,7 +19,8 @@ OVERRIDES = {"preset": "model.preset", "norm": "model.norm", "epochs": "train.ma
              "patience": "train.patience", "max_lr_drops": "train.max_lr_drops", "seed": "train.seed",
              "device": "train.device", "amp": "train.amp", "workers": "train.num_workers",
              "objective": "loss.objective", "margin": "loss.margin", "temperature": "loss.temperature",
-             "level_weight": "loss.level_weight", "neg_per_pos": "pairs.neg_per_pos", "split_seed": "split_seed"}
+             "level_weight": "loss.level_weight", "neg_per_pos": "pairs.neg_per_pos", "split_seed": "split_seed",
+             "loader": "loader"}
 
 
 def add_arguments(p):
@@ -52,6 +53,10 @@ def add_arguments(p):
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
     p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], help="mixed precision on CUDA (default auto)")
     p.add_argument("--workers", type=int, help="data loader worker processes (default 2)")
+    p.add_argument("--loader", choices=["auto", "workers", "device"],
+                   help="where training pairs are built: 'device' holds every decoded volume on the GPU (or in "
+                        "pinned memory) and gathers batches there; 'workers' uses DataLoader workers; "
+                        "'auto' (default): device on CUDA, workers elsewhere")
     p.add_argument("--cache-dir", help="where decoded volumes are cached (default COHORT/cache)")
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last exactly")

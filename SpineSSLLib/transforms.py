@@ -101,8 +101,14 @@ class VolumeAugment:
                 + k[:, 3, None, None] * r * q
             y = y * (1 + c.bias * field / 2).clamp_min(0.2).view(n, 1, 1, h, w)
         if c.noise:
-            gen = torch.randn(y.shape, dtype=torch.float32)
-            y = y + (y != 0) * c.noise * gen.to(y.device)
+            if y.device.type == "cuda":  # drawn on the GPU from a seed taken off the CPU stream: a
+                # batch's noise is ~10^7 numbers, more CPU time than the GPU step (issue #17)
+                seed = int(torch.randint(0, 2**62, (1,), dtype=torch.int64))
+                gen = torch.randn(y.shape, dtype=torch.float32, device=y.device,
+                                  generator=torch.Generator(device=y.device).manual_seed(seed))
+            else:
+                gen = torch.randn(y.shape, dtype=torch.float32)
+            y = y + (y != 0) * c.noise * gen
         return y
 
     def _flips(self, n: int):

@@ -382,3 +382,49 @@ def test_model_without_above_and_sacrum_classes_loads_as_the_current_channels(tm
                                                  "outputs": old[:-1] + ["corner"]})
     with pytest.raises(CheckpointError):
         load_detector(tmp_path / "odd")
+
+
+def test_init_from_an_older_model_keeps_its_outputs_and_fine_tunes(cohort, tmp_path):
+    """``--init``: a network of the current outputs started from a model made before the
+    ``above`` / ``sacrum`` classes gives that model's logits for every class it had; a new class
+    starts as its anatomical neighbour's (T12 / S1) lowered by 2 and feeds nothing downstream.
+    ``detect-train --init`` takes the model's architecture (not --preset), fine-tunes and records
+    where it started; a model of another architecture is refused in one line."""
+    import torch
+
+    from SpineSSLLib import checkpoint as ckpt
+    from SpineSSLLib.detect.model import (PRESETS, TASK, DetectorConfig, architecture_of, build_network,
+                                          init_from_model)
+    from SpineSSLLib.detect.targets import CHANNELS
+
+    cfg = DetectorConfig(**{**PRESETS["tiny"], "num_res_units": 1})  # a last layer that reads the classes
+    old = ["background"] + list(LEVEL_NAMES) + ["centre"]
+    torch.manual_seed(1)
+    src = build_network(cfg, len(old))
+    ckpt.save_checkpoint(tmp_path / "old", src, {"task": TASK, "detector": cfg.to_dict(), "outputs": old,
+                                                 "name": "old-model"})
+    arch = architecture_of(tmp_path / "old")
+    assert tuple(arch["channels"]) == tuple(cfg.channels) and arch["num_res_units"] == 1
+    torch.manual_seed(2)
+    net = build_network(DetectorConfig(**arch))
+    assert init_from_model(net, tmp_path / "old")["config"]["name"] == "old-model"
+    x = torch.randn(2, 3, 48, 32)
+    with torch.no_grad():
+        a, b = src.eval()(x), net.eval()(x)
+    idx = [CHANNELS.index(n) for n in old]
+    assert torch.allclose(b[:, idx], a, atol=1e-5)
+    assert torch.allclose(b[:, CHANNELS.index("above")], a[:, old.index("T12")] - 2, atol=1e-5)
+    assert torch.allclose(b[:, CHANNELS.index("sacrum")], a[:, old.index("S1")] - 2, atol=1e-5)
+
+    other = build_network(DetectorConfig(channels=(4, 8, 16), strides=(2, 2), num_res_units=0))
+    with pytest.raises(CheckpointError, match="another architecture"):
+        init_from_model(other, tmp_path / "old")
+
+    out = tmp_path / "ft"
+    rc = main(["-q", "detect-train", str(cohort), "--out", str(out), "--init", str(tmp_path / "old"),
+               "--preset", "default", "--epochs", "1", "--samples-per-epoch", "8", "--batch-size", "4",
+               "--val-fraction", "0.5", "--test-fraction", "0", "--workers", "0", "--lr", "0.01"])
+    assert rc == 0
+    conf = json.loads((out / "best" / "checkpoint.json").read_text())["config"]
+    assert conf["initialised_from"] == "old-model" and tuple(conf["detector"]["channels"]) == tuple(cfg.channels)
+    assert conf["outputs"] == list(CHANNELS)

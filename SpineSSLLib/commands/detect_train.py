@@ -18,7 +18,7 @@ def add_arguments(parser):
     parser.add_argument("--out", required=True, help="model folder to write (best/, last/, log.csv, evaluation)")
     parser.add_argument("--levels", help="folder of level files (default: DATA/truth when it exists)")
     parser.add_argument("--label-mapping", help="label-map values -> levels: 'spider' or a JSON/CSV mapping file")
-    parser.add_argument("--preset", default="default", help="network size: default | tiny (tests)")
+    parser.add_argument("--preset", default="default", help="network size: default | compact (the v1 network) | tiny (tests)")
     parser.add_argument("--epochs", type=int, default=40, help="maximum epochs (default 40)")
     parser.add_argument("--samples-per-epoch", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -48,6 +48,10 @@ def add_arguments(parser):
     parser.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     parser.add_argument("--resume", action="store_true", help="continue from MODEL/last")
+    parser.add_argument("--init", default=None, metavar="MODEL",
+                        help="fine-tune: start from this detector model folder ('bundled': the bundled model) "
+                             "with its architecture instead of --preset; classes it lacks start from their "
+                             "anatomical neighbour's weights")
     parser.add_argument("--name", default=None, help="model name recorded in the model file")
     parser.add_argument("--evaluate-only", action="store_true",
                         help="do not train: evaluate --model on the held-out test subjects of this split "
@@ -132,7 +136,12 @@ def run(args) -> int:
                 errors.append({"scan": ref.key, "stage": f"detect-train/{part}", "error": type(e).__name__,
                                "message": e.cause})
                 print(f"skipped: {e}")
-    cfg = DetectorConfig(**PRESETS[args.preset], sigma_lateral_mm=args.sigma_lateral)
+    if args.init:
+        from ..detect.model import architecture_of
+
+        cfg = DetectorConfig(**architecture_of(args.init), sigma_lateral_mm=args.sigma_lateral)
+    else:
+        cfg = DetectorConfig(**PRESETS[args.preset], sigma_lateral_mm=args.sigma_lateral)
     canvas = args.canvas[0] if len(args.canvas) == 1 else tuple(args.canvas)
     tcfg = DetectTrainConfig(samples_per_epoch=args.samples_per_epoch, seed=args.seed, canvas_px=canvas,
                              randomised_fraction=args.randomised_fraction if args.data else 1.0)
@@ -154,7 +163,8 @@ def run(args) -> int:
         trained_on.append(f"randomised:{args.randomised}@seed{args.randomised_seed}")
     res = train_detector(loaded["train"], loaded["val"], out, cfg, tcfg, tc, resume=args.resume,
                          num_threads=args.threads, randomised_train=r_train, randomised_val=r_val,
-                         extra={"name": args.name or out.name, "preset": args.preset,
+                         init=args.init,
+                         extra={"name": args.name or out.name, "preset": None if args.init else args.preset,
                                 "trained_on": " + ".join(trained_on)})
     f = res.fit
     print(f"trained {f.epochs_run} epoch(s) on {res.n_train} scans + {len(r_train)} randomised "

@@ -69,6 +69,9 @@ class DetectorConfig:
 
 PRESETS = {
     "default": {},
+    # spinessl-detector-synthetic-v1's network (0.5 M parameters, 4 down-samplings): the first stage
+    # of scripts/make_detector.sh, fine-tuned (--init) by the second
+    "compact": {"channels": (12, 24, 48, 96, 192), "strides": (2, 2, 2, 2)},
     # for tests: trains in seconds on one CPU core
     "tiny": {"channels": (4, 8, 16, 32), "strides": (2, 2, 2), "num_res_units": 0},
 }
@@ -104,6 +107,76 @@ def _legacy_network(cfg: DetectorConfig, outputs: list[str]):
             return out
 
     return net, LegacyOutputs()
+
+
+ARCHITECTURE = ("spacing_mm", "context", "channels", "strides", "num_res_units", "norm")
+"""The ``DetectorConfig`` fields that shape the network's weights (what ``--init`` inherits)."""
+NEW_CLASS_SOURCE = {"above": "T12", "sacrum": "S1"}
+"""Classes a model made before them lacks start from their anatomical neighbour's weights."""
+
+
+def init_from_model(net, path=None, new_class_offset: float = -2.0) -> dict:
+    """Start ``net`` (a network of this version's outputs, with the architecture of the model at
+    ``path``: see ``architecture_of``) from that model's weights (default: the bundled model) —
+    fine-tuning instead of training from scratch.  Weights of equal shape are copied; where the
+    source lacks an output class (a model made before *above* / *sacrum*) the class starts as a
+    copy of ``NEW_CLASS_SOURCE``'s with its final bias lowered by ``-new_class_offset`` (so it is
+    not yet preferred) and contributes nothing as an input of a later layer.  Returns the source
+    model's checkpoint metadata."""
+    import torch
+
+    from .. import checkpoint as ckpt
+
+    p = BUNDLED if path in (None, "bundled") else resolve_model_path(path)
+    state, meta = ckpt.load_weights(p)
+    outputs = list(meta.get("config", {}).get("outputs", []))
+    if meta.get("config", {}).get("task") != TASK or not set(outputs) <= set(CHANNELS):
+        raise CheckpointError("--init needs a detector model folder", p)
+    src = [outputs.index(c) if c in outputs else outputs.index(NEW_CLASS_SOURCE[c]) for c in CHANNELS]
+    new = [c for c, name in enumerate(CHANNELS) if name not in outputs]
+    own = net.state_dict()
+    out, last_bias = {}, None
+    for k, v in state.items():
+        if k not in own:
+            raise CheckpointError(f"--init: weight {k} is not in this network (another architecture)", p)
+        t = own[k]
+        if tuple(t.shape) == tuple(v.shape):
+            out[k] = v
+            continue
+        dims = [d for d in range(v.dim()) if v.shape[d] == len(outputs) and t.shape[d] == len(CHANNELS)]
+        if not dims or any(v.shape[d] != t.shape[d] for d in range(v.dim()) if d not in dims):
+            raise CheckpointError(f"--init: weight {k} has shape {tuple(v.shape)}, this network "
+                                  f"{tuple(t.shape)} (another architecture)", p)
+        module = net.get_submodule(k.rsplit(".", 1)[0])
+        out_dim = 1 if isinstance(module, torch.nn.modules.conv._ConvTransposeNd) and v.dim() > 1 else 0
+        w = v
+        for d in dims:  # every class takes its source class's weights ...
+            w = w.index_select(d, torch.tensor(src))
+        w = w.clone()
+        for d in dims:  # ... but a new class is not yet an input of the layers after it
+            if d != out_dim and new:
+                w.index_fill_(d, torch.tensor(new), 0.0)
+        if w.dim() == 1:
+            last_bias = k
+        out[k] = w
+    if last_bias is not None and new:
+        out[last_bias][new] += new_class_offset
+    missing = [k for k in own if k not in out]
+    if missing:
+        raise CheckpointError(f"--init: the model has no weight {missing[0]} (another architecture)", p)
+    net.load_state_dict(out)
+    return meta
+
+
+def architecture_of(path=None) -> dict:
+    """The architecture fields (``ARCHITECTURE``) of the detector model at ``path`` (default: bundled)."""
+    from .. import checkpoint as ckpt
+
+    p = BUNDLED if path in (None, "bundled") else resolve_model_path(path)
+    conf = ckpt.read_meta(p).get("config", {})
+    if conf.get("task") != TASK:
+        raise CheckpointError("--init needs a detector model folder", p)
+    return {k: conf["detector"][k] for k in ARCHITECTURE if k in conf.get("detector", {})}
 
 
 def checkpoint_config(cfg: DetectorConfig, extra: dict | None = None) -> dict:

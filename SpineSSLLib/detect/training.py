@@ -262,10 +262,10 @@ class DetectTrainResult:
 def train_detector(train_cases: list[Case], val_cases: list[Case], out_dir, cfg: DetectorConfig,
                    tcfg: DetectTrainConfig, train_cfg, *, resume: bool = False, extra: dict | None = None,
                    num_threads: int | None = None, randomised_train: list | tuple = (),
-                   randomised_val: list | tuple = ()) -> DetectTrainResult:
+                   randomised_val: list | tuple = (), init=None) -> DetectTrainResult:
     """Train on ``train_cases`` and/or the domain-randomised ``randomised_train`` (validation loss
     on ``val_cases`` + ``randomised_val`` drives the plateau schedule and the ``best/``
-    checkpoint) with ``SpineSSLLib.train.fit``; writes ``out_dir/best``, ``out_dir/last``,
+    checkpoint; ``init``: a detector model folder to start from, ``model.init_from_model``) with ``SpineSSLLib.train.fit``; writes ``out_dir/best``, ``out_dir/last``,
     ``out_dir/log.csv``, ``out_dir/fit.json``."""
     import torch
 
@@ -281,12 +281,18 @@ def train_detector(train_cases: list[Case], val_cases: list[Case], out_dir, cfg:
     device = select_device(train_cfg.device)
     torch.manual_seed(train_cfg.seed)
     net = build_network(cfg)
+    meta = {}
+    if init and not resume:  # fine-tuning: the starting weights (a resumed run has its own)
+        from .model import init_from_model
+
+        src = init_from_model(net, init)
+        meta["initialised_from"] = src.get("config", {}).get("name") or str(init)
     train_ds = SliceSamples(tr, cfg, tcfg, train=True, randomised=randomised_train)
     train_loader = _loader(train_ds, train_cfg, device, EpochSampler(len(train_ds), tcfg.seed))
     val_loader = (make_loader(SliceSamples(va, cfg, tcfg, train=False, randomised=randomised_val),
                               train_cfg.batch_size, shuffle=False, num_workers=train_cfg.num_workers, device=device)
                   if va or randomised_val else None)
-    meta = {"train_scans": len(tr), "val_scans": len(va), "randomised_train": len(randomised_train),
+    meta |= {"train_scans": len(tr), "val_scans": len(va), "randomised_train": len(randomised_train),
             "randomised_val": len(randomised_val), "train": tcfg.to_dict()}
     meta.update(extra or {})
     res = fit(net, make_loss(tcfg), train_loader, val_loader, train_cfg, out_dir,

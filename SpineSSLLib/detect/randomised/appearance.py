@@ -5,6 +5,8 @@
    per body through the alternative-marrow and nucleus tissues of ``render``;
 2. partial volume: the mean of the two sub-slices of each slice;
 3. texture: two smooth random fields (fine and coarse) modulate each tissue by its own amount;
+   in half the samples the soft tissue is also broken into random patches of random intensity
+   (``_clutter``);
 4. native pixels: every label pixel repeated factor x factor times, then a point-spread blur or
    an unsharp-mask sharpening, a smooth multiplicative bias field (and sometimes a posterior
    surface-coil fall-off), inversion (8 %), Rician noise;
@@ -79,10 +81,31 @@ def intensities(tissue: np.ndarray, mu: np.ndarray, rng: np.random.Generator, la
     a_fine = rng.uniform(0.0, 0.2, len(TISSUES)) * (rng.random(len(TISSUES)) < 0.7)
     a_coarse = rng.uniform(0.0, 0.25, len(TISSUES)) * (rng.random(len(TISSUES)) < 0.6)
     out = np.zeros((S, J, I), dtype=np.float32)
+    clutter = _clutter(rng, (S, J, I), label_mm) if rng.random() < CLUTTER_P else None
     for s in range(2):
         lab = tissue[:, s]
-        out += mu[lab] * (1.0 + a_fine[lab] * fine + a_coarse[lab] * coarse)
+        v = mu[lab] * (1.0 + a_fine[lab] * fine + a_coarse[lab] * coarse)
+        if clutter is not None:
+            patch, level = clutter
+            soft = np.isin(lab, _SOFT)
+            v = np.where(soft & patch, level[lab], v)
+        out += v
     return np.clip(out / 2, 0.0, None)
+
+
+CLUTTER_P = 0.5
+"""Share of samples whose soft tissue (fat, muscle, viscera) is broken into random patches."""
+_SOFT = np.array([TISSUES.index(t) for t in ("fat", "muscle", "viscera")])
+
+
+def _clutter(rng, shape, label_mm):
+    """Random patches over the soft tissue (bowel, fat lobules, muscle bellies of other scans; the
+    spine's surroundings are rarely the uniform tissue of a label model): a smooth random field at
+    a 4-15 mm correlation length thresholded at a random quantile, the patches given one random
+    intensity per tissue (SynthSeg-style).  Returns (patch mask (S, J, I), intensity per tissue)."""
+    f = _field(rng, shape, rng.uniform(4.0, 15.0) / label_mm)
+    patch = f > np.quantile(f[:, ::4, ::4], rng.uniform(0.3, 0.8))
+    return patch, rng.uniform(0.0, 1.0, len(TISSUES)).astype(np.float32)
 
 
 def acquire(img: np.ndarray, factor: int, rng: np.random.Generator, upsample: bool = True) -> np.ndarray:

@@ -243,11 +243,15 @@ def collect_identifiers(source_root: str | os.PathLike) -> tuple[dict[str, str],
 def _payloads(path: Path):
     """(member name or "", bytes) of a file: itself, zip members, gzip contents, PNG text."""
     data = path.read_bytes()
-    yield "", data
     if zipfile.is_zipfile(io.BytesIO(data)):
+        # a zip is searched by its parts, not its raw bytes: compressed members are noise in which
+        # a short value (an age such as "047Y") turns up by chance in a few MB (a false alarm
+        # seen on a volume file); every part that can hold text is searched
         with zipfile.ZipFile(io.BytesIO(data)) as z:
-            for name in z.namelist():
-                yield "member names", name.encode()
+            yield "zip comment", z.comment
+            for info in z.infolist():
+                name = info.filename
+                yield "member names", name.encode() + b" " + info.extra + b" " + info.comment
                 member = z.read(name)
                 if name.endswith(".zst"):  # volume files' Zstandard members (issue #17): decompressed
                     import zstandard
@@ -256,8 +260,10 @@ def _payloads(path: Path):
                         member = zstandard.ZstdDecompressor().decompress(member)
                     except zstandard.ZstdError as e:
                         raise EOFError(f"zip member {name}: {e}") from None
-                yield name, member
-    elif data[:2] == b"\x1f\x8b":
+                yield name, _npy_text(member) if name.endswith((".npy", ".npy.zst")) else member
+        return
+    yield "", data
+    if data[:2] == b"\x1f\x8b":
         yield "gzip contents", gzip.decompress(data)
     elif data[:8] == b"\x89PNG\r\n\x1a\n":  # compressed text chunks (zTXt, iTXt)
         pos = 8
@@ -272,6 +278,22 @@ def _payloads(path: Path):
                 except zlib.error:
                     pass
             pos += 12 + ln
+
+
+def _npy_text(member: bytes) -> bytes:
+    """The part of a ``.npy`` member that can hold text: its header, plus the data when the array
+    is not numeric (strings, objects).  Numbers (pixel volumes, affines, flags) cannot spell an
+    identifier except by chance, so their data is not searched; an unreadable header -> all of it."""
+    import numpy as np
+
+    f = io.BytesIO(member)
+    try:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        dtype = read(f)[2]
+    except Exception:  # not a valid .npy: search every byte
+        return member
+    return member if dtype.kind not in "biufc" else member[:f.tell()]
 
 
 def _is_token(low: bytes, a: int, b: int, enc: str) -> bool:

@@ -81,6 +81,29 @@ def test_identifier_inside_a_zstd_member_of_a_volume_file_is_caught(source, tmp_
     assert any("vb.npy.zst" in h.where for h in rep.hits)
 
 
+def test_numbers_that_happen_to_spell_an_identifier_are_not_a_hit_text_in_a_zip_is(source, tmp_path):
+    """A zip is searched by its parts: numeric arrays by their .npy header only (a pixel volume or
+    its compressed bytes can spell a short value such as an ID by chance: a false alarm seen on a
+    real volume file), string arrays, the zip comment and member names in full."""
+    import zipfile
+
+    from SpineSSLLib.extract.files import write_arrays
+
+    out = tmp_path / "out"
+    out.mkdir()
+    spelled = np.frombuffer(b"\x00 PSEUDO-84721 \x00", dtype=np.float16).copy()   # the ID as numbers
+    write_arrays(out / "chance.npz", {"vb": spelled.reshape(1, 8), "levels": np.array(["L1"])})
+    np.savez(out / "plain.npz", a=spelled)                                    # uncompressed: raw bytes spell it
+    assert b"PSEUDO-84721" in (out / "plain.npz").read_bytes()
+    assert audit_outputs(out, source).hits == []
+    np.savez(out / "text.npz", ids=np.array(["x", "PSEUDO-84721"]))
+    with zipfile.ZipFile(out / "comment.npz", "w") as z:
+        z.writestr("a.npy", b"")
+        z.comment = b"made for PSEUDO-84721"
+    rep = audit_outputs(out, source)
+    assert sorted({(h.file, h.tag) for h in rep.hits}) == [("comment.npz", "PatientID"), ("text.npz", "PatientID")]
+
+
 def test_cli_exit_codes(source, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()

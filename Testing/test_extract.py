@@ -517,26 +517,3 @@ def test_volume_file_bytes_do_not_depend_on_the_write_time(tmp_path, monkeypatch
     assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
     back = read_arrays(tmp_path / "b.npz")
     np.testing.assert_array_equal(back["vb"], arrays["vb"])
-
-
-def test_volume_file_stores_float32_volumes_as_the_float16_bits_of_astype(tmp_path, monkeypatch):
-    """vb/ivd given as float32 are converted while they are compressed, in chunks (a small chunk
-    here, so several chunk boundaries and a partial last chunk are crossed): the stored float16 is
-    bit for bit ``astype(np.float16)`` — rounding, overflow to inf, subnormals, NaN, -0."""
-    import warnings
-
-    from SpineSSLLib.extract import files as F
-
-    monkeypatch.setattr(F, "_CHUNK", 1000)
-    rng = np.random.default_rng(3)
-    vb = (rng.standard_normal((3, 9, 17, 13)) * 4).astype(np.float32)
-    vb.reshape(-1)[:9] = [np.nan, np.inf, -np.inf, 1e-8, 3e-5, 65520.0, -70000.0, -0.0, 0.33333334]
-    ivd = rng.random((2, 9, 5, 13)).astype(np.float32)
-    F.write_arrays(tmp_path / "v.npz", {"vb": vb, "ivd": ivd, "vb_present": np.ones(3, bool)})
-    back = F.read_arrays(tmp_path / "v.npz")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # NumPy warns on the overflow it rounds to inf
-        want_vb, want_ivd = vb.astype(np.float16), ivd.astype(np.float16)
-    assert back["vb"].dtype == back["ivd"].dtype == np.float16 and back["vb"].shape == vb.shape
-    assert back["vb"].tobytes() == want_vb.tobytes() and back["ivd"].tobytes() == want_ivd.tobytes()
-    assert back["vb_present"].dtype == bool

@@ -127,11 +127,11 @@ def init_from_model(net, path=None, new_class_offset: float = -2.0) -> dict:
 
     from .. import checkpoint as ckpt
 
-    p = BUNDLED if path in (None, "bundled") else resolve_model_path(path)
+    p = _init_folder(path)
     state, meta = ckpt.load_weights(p)
-    outputs = list(meta.get("config", {}).get("outputs", []))
-    if meta.get("config", {}).get("task") != TASK or not set(outputs) <= set(CHANNELS):
-        raise CheckpointError("--init needs a detector model folder", p)
+    outputs = list(meta["config"].get("outputs", []))
+    if not set(outputs) <= set(CHANNELS):
+        raise CheckpointError("--init: the model's outputs are not this version's detector classes", p)
     src = [outputs.index(c) if c in outputs else outputs.index(NEW_CLASS_SOURCE[c]) for c in CHANNELS]
     new = [c for c, name in enumerate(CHANNELS) if name not in outputs]
     own = net.state_dict()
@@ -172,11 +172,18 @@ def architecture_of(path=None) -> dict:
     """The architecture fields (``ARCHITECTURE``) of the detector model at ``path`` (default: bundled)."""
     from .. import checkpoint as ckpt
 
-    p = BUNDLED if path in (None, "bundled") else resolve_model_path(path)
-    conf = ckpt.read_meta(p).get("config", {})
-    if conf.get("task") != TASK:
-        raise CheckpointError("--init needs a detector model folder", p)
+    conf = ckpt.read_meta(_init_folder(path))["config"]
     return {k: conf["detector"][k] for k in ARCHITECTURE if k in conf.get("detector", {})}
+
+
+def _init_folder(path) -> Path:
+    """The detector model folder ``--init`` names (``bundled`` or None: the bundled model)."""
+    from .. import checkpoint as ckpt
+
+    p = BUNDLED if path in (None, "bundled") else resolve_model_path(path)
+    if ckpt.read_meta(p).get("config", {}).get("task") != TASK:
+        raise CheckpointError("--init needs a detector model folder", p)
+    return p
 
 
 def checkpoint_config(cfg: DetectorConfig, extra: dict | None = None) -> dict:

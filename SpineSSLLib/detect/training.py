@@ -265,7 +265,8 @@ def train_detector(train_cases: list[Case], val_cases: list[Case], out_dir, cfg:
                    randomised_val: list | tuple = (), init=None) -> DetectTrainResult:
     """Train on ``train_cases`` and/or the domain-randomised ``randomised_train`` (validation loss
     on ``val_cases`` + ``randomised_val`` drives the plateau schedule and the ``best/``
-    checkpoint; ``init``: a detector model folder to start from, ``model.init_from_model``) with ``SpineSSLLib.train.fit``; writes ``out_dir/best``, ``out_dir/last``,
+    checkpoint; ``init``: a detector model folder to start from, ``model.init_from_model``) with
+    ``SpineSSLLib.train.fit``; writes ``out_dir/best``, ``out_dir/last``,
     ``out_dir/log.csv``, ``out_dir/fit.json``."""
     import torch
 

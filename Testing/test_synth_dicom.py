@@ -6,16 +6,8 @@ import pytest
 import SimpleITK as sitk
 
 from SpineSSLLib.errors import ConfigError
+from SpineSSLLib.synth.anatomy import axis_rotation as _rot
 from SpineSSLLib.synth.dicom import MR_IMAGE_STORAGE, write_series
-
-
-def _rot(ax, deg):
-    a = np.deg2rad(deg)
-    c, s = np.cos(a), np.sin(a)
-    R = np.eye(3)
-    i, j = [(1, 2), (0, 2), (0, 1)][ax]
-    R[i, i], R[i, j], R[j, i], R[j, j] = c, -s, s, c
-    return R
 
 
 def _affine(cols, spacing, origin):

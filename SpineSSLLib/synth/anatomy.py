@@ -338,7 +338,8 @@ class Acquisition:
     repetition_time: float = 3500.0
 
 
-def _rot(ax: int, deg: float) -> np.ndarray:
+def axis_rotation(ax: int, deg: float) -> np.ndarray:
+    """3x3 rotation by ``deg`` degrees about coordinate axis ``ax`` (0, 1, 2)."""
     a = np.deg2rad(deg)
     c, s = np.cos(a), np.sin(a)
     R = np.eye(3)
@@ -365,9 +366,10 @@ def acquisition(cfg: SynthConfig, s: SubjectAnatomy, visit: int) -> Acquisition:
     thickness, between = spider[1], spider[2]
     n_slices = int(r.integers(cfg.slices[0], cfg.slices[1] + 1))
     o = cfg.obliquity_deg
-    stack = _rot(0, r.uniform(-o, o)) @ _rot(1, r.uniform(-o, o)) @ _rot(2, r.uniform(-o, o))
+    rot = axis_rotation
+    stack = rot(0, r.uniform(-o, o)) @ rot(1, r.uniform(-o, o)) @ rot(2, r.uniform(-o, o))
     rp = cfg.reposition_mm
-    body_rot = _rot(2, r.normal(0, 1.5)) @ _rot(1, r.normal(0, 1.0)) @ _rot(0, r.normal(0, 1.0))
+    body_rot = rot(2, r.normal(0, 1.5)) @ rot(1, r.normal(0, 1.0)) @ rot(0, r.normal(0, 1.0))
     body_shift = np.array([r.normal(0, rp), r.normal(0, rp), r.normal(0, 2 * rp)])
     snr_sd = {1.0: 0.055, 1.5: 0.035}.get(fs, 0.025) * r.uniform(0.8, 1.25)
     gains = {

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ...synth.anatomy import axis_rotation
 from .anatomy import I_S1, NAMES, Column
 
 
@@ -52,19 +53,11 @@ class Stack:
         return np.asarray(p, dtype=np.float64) + self.translation
 
 
-def _rot(axis: int, deg: float) -> np.ndarray:
-    a = np.deg2rad(deg)
-    c, s = np.cos(a), np.sin(a)
-    R = np.eye(3)
-    i, j = [(1, 2), (0, 2), (0, 1)][axis]
-    R[i, i], R[i, j], R[j, i], R[j, j] = c, -s, s, c
-    return R
-
-
 def draw_stack(rng: np.random.Generator, col: Column, no_sacrum: float = 0.12) -> Stack:
     base = np.column_stack([[0.0, 1.0, 0.0], [0.0, 0.0, -1.0], [-1.0, 0.0, 0.0]])  # e_i, e_j, e_k
     inplane = float(np.clip(rng.normal(0, 7.0), -18, 18))
-    R = _rot(1, rng.uniform(-6, 6)) @ _rot(2, rng.uniform(-6, 6)) @ _rot(0, inplane) @ base
+    rot = axis_rotation
+    R = rot(1, rng.uniform(-6, 6)) @ rot(2, rng.uniform(-6, 6)) @ rot(0, inplane) @ base
     e_i, e_j, e_k = R.T
     names = [b.name for b in col.bodies]
     cen = {b.name: b.centre for b in col.bodies}
